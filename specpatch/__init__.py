@@ -1,0 +1,53 @@
+# Copyright 2026 The specpatch authors. Licensed under the Apache License, Version 2.0.
+"""specpatch: FFTP-AST, FFTP-AuM and AaPE-ViT audio models for Hugging Face transformers.
+
+Importing the package registers every model with transformers' Auto classes (`AutoConfig`, `AutoModel`,
+`AutoModelForAudioClassification`, `AutoFeatureExtractor`), so checkpoints load without `trust_remote_code`, and
+installs a torchaudio-free implementation of the `"audio-classification"` pipeline. `save_pretrained` writes an
+`auto_map` and copies the model code, so the same checkpoints load with `trust_remote_code=True` where the package
+is not installed.
+"""
+
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForAudioClassification
+
+from .augmentation import SpecAugment, SpecMask, WaveformMixup
+from .configuration_fftp_ast import FFTPASTConfig
+from .feature_extraction_specpatch import SpecPatchFeatureExtractor
+from .modeling_fftp_ast import FFTPASTForAudioClassification, FFTPASTModel, FFTPASTPreTrainedModel
+from .pipeline_audio_classification import SpecPatchAudioClassificationPipeline, register_pipeline
+
+__version__ = "0.1.0"
+
+_MODELS = (
+    # (model_type, config, base model, audio-classification model)
+    ("fftp_ast", FFTPASTConfig, FFTPASTModel, FFTPASTForAudioClassification),
+)
+
+
+def _register() -> None:
+    for model_type, config_class, base_model_class, classification_class in _MODELS:
+        AutoConfig.register(model_type, config_class, exist_ok=True)
+        AutoModel.register(config_class, base_model_class, exist_ok=True)
+        AutoModelForAudioClassification.register(config_class, classification_class, exist_ok=True)
+        AutoFeatureExtractor.register(config_class, SpecPatchFeatureExtractor, exist_ok=True)
+        # `save_pretrained` then writes an `auto_map` and copies the code for `trust_remote_code` loading.
+        config_class.register_for_auto_class()
+        base_model_class.register_for_auto_class("AutoModel")
+        classification_class.register_for_auto_class("AutoModelForAudioClassification")
+    SpecPatchFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
+    register_pipeline()
+
+
+_register()
+
+__all__ = [
+    "FFTPASTConfig",
+    "FFTPASTForAudioClassification",
+    "FFTPASTModel",
+    "FFTPASTPreTrainedModel",
+    "SpecAugment",
+    "SpecMask",
+    "SpecPatchAudioClassificationPipeline",
+    "SpecPatchFeatureExtractor",
+    "WaveformMixup",
+]

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 from .configuration_patching import PatchingConfigMixin
 
 
+@strict
 class FFTPASTConfig(PatchingConfigMixin, PreTrainedConfig):
     r"""
     Configuration of an Audio Spectrogram Transformer with Full-Frequency Temporal Patching (FFTP-AST,
@@ -58,48 +60,37 @@ class FFTPASTConfig(PatchingConfigMixin, PreTrainedConfig):
 
     model_type = "fftp_ast"
 
-    def __init__(
-        self,
-        hidden_size: int = 768,
-        num_hidden_layers: int = 12,
-        num_attention_heads: int = 12,
-        intermediate_size: int = 3072,
-        hidden_act: str = "gelu",
-        hidden_dropout_prob: float = 0.0,
-        attention_probs_dropout_prob: float = 0.0,
-        drop_path_rate: float = 0.0,
-        initializer_range: float = 0.02,
-        layer_norm_eps: float = 1e-12,
-        qkv_bias: bool = True,
-        patch_size: int | tuple[int, int] = (128, 10),
-        frequency_stride: int = 128,
-        time_stride: int = 1,
-        max_length: int = 1000,
-        num_mel_bins: int = 128,
-        **kwargs,
-    ):
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.intermediate_size = intermediate_size
-        self.hidden_act = hidden_act
-        self.hidden_dropout_prob = hidden_dropout_prob
-        self.attention_probs_dropout_prob = attention_probs_dropout_prob
-        self.drop_path_rate = drop_path_rate
-        self.initializer_range = initializer_range
-        self.layer_norm_eps = layer_norm_eps
-        self.qkv_bias = qkv_bias
-        self.patch_size = list(patch_size) if isinstance(patch_size, (list, tuple)) else patch_size
-        self.frequency_stride = frequency_stride
-        self.time_stride = time_stride
-        self.max_length = max_length
-        self.num_mel_bins = num_mel_bins
-        if hidden_size % num_attention_heads != 0:
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float | int = 0.0
+    attention_probs_dropout_prob: float | int = 0.0
+    drop_path_rate: float | int = 0.0
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    qkv_bias: bool = True
+    patch_size: int | list[int] | tuple[int, int] = (128, 10)
+    frequency_stride: int = 128
+    time_stride: int = 1
+    max_length: int = 1000
+    num_mel_bins: int = 128
+
+    def __post_init__(self, **kwargs):
+        if isinstance(self.patch_size, tuple):
+            self.patch_size = list(self.patch_size)  # the JSON round trip gives a list: keep one type
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self):
+        """Part of `@strict` validation: the encoder width and the patching must be consistent."""
+        super().validate_architecture()
+        if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
-                f"`hidden_size` ({hidden_size}) must be divisible by `num_attention_heads` ({num_attention_heads})."
+                f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
+                f"({self.num_attention_heads})."
             )
         self._validate_patching()
-        super().__init__(**kwargs)
 
 
 __all__ = ["FFTPASTConfig"]
