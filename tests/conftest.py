@@ -1,0 +1,32 @@
+"""Shared fixtures: tiny configurations of every model, so hub / pipeline tests run for all of them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import specpatch
+
+# Tiny configurations, one per model type; every model-agnostic test (Auto classes, remote code, pipeline) runs on
+# each entry. Inputs are 128 mel bins x `max_length` frames.
+TINY_CONFIGS: dict[str, callable] = {
+    "fftp_ast": lambda **kw: specpatch.FFTPASTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_length=64,
+        time_stride=4,
+        **kw,
+    ),
+}
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
+
+
+def tiny_config(model_type: str, **kwargs):
+    return TINY_CONFIGS[model_type](**kwargs)
