@@ -1,0 +1,289 @@
+"""Tests for SpecPatchFeatureExtractor: parity with transformers' ASTFeatureExtractor (kaldi front end), a slow numpy
+reference for the AaPE log-mel front end, input layouts, padding, resampling, errors and serialisation."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from transformers import ASTFeatureExtractor
+from transformers.audio_utils import spectrogram, window_function
+from transformers.testing_utils import CaptureLogger
+from transformers.utils import logging as hf_logging
+
+from specpatch.audio_utils import resample
+from specpatch.feature_extraction_specpatch import SpecPatchFeatureExtractor
+
+
+SR = 16000
+# Samples giving exactly 1024 kaldi frames (snip_edges): 1 + (n - 400) // 160 == 1024.
+EXACT_1024 = 1023 * 160 + 400
+
+
+def _noise(n, seed):
+    return (0.1 * np.random.default_rng(seed).standard_normal(n)).astype(np.float32)
+
+
+def _tonal(n, seed):
+    """Two tones, a chirp and a faint noise floor (-60 dB), amplitude below 1."""
+    t = np.arange(n) / SR
+    x = 0.4 * np.sin(2 * np.pi * 440.0 * t) + 0.2 * np.sin(2 * np.pi * 3150.0 * t + 1.0)
+    x += 0.2 * np.sin(2 * np.pi * (200.0 * t + 300.0 * t**2))
+    x += 1e-3 * np.random.default_rng(seed).standard_normal(n)
+    return x.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def ast_extractor():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # transformers warns about AST's (empty) lowest kaldi mel filter
+        return ASTFeatureExtractor()
+
+
+def _ast_features(extractor, clip):
+    return extractor(clip, sampling_rate=SR, return_tensors="np")["input_values"][0]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# kaldi front end == ASTFeatureExtractor
+
+
+@pytest.mark.parametrize("signal", [_noise, _tonal])
+@pytest.mark.parametrize("num_samples", [SR, EXACT_1024, 12 * SR + 77])
+def test_kaldi_matches_ast_feature_extractor(ast_extractor, signal, num_samples):
+    clip = signal(num_samples, seed=num_samples)
+    ours = SpecPatchFeatureExtractor()(clip, sampling_rate=SR, return_tensors="np")["input_values"]
+    expected = _ast_features(ast_extractor, clip)
+    assert ours.shape == (1, 1024, 128) and ours.dtype == np.float32
+    np.testing.assert_allclose(ours[0], expected, atol=1e-3, rtol=0)
+
+
+def test_kaldi_batch_of_variable_lengths_matches_ast_per_clip(ast_extractor):
+    clips = [_noise(SR // 2, 0), _tonal(3 * SR + 5, 1), _noise(401, 2), _tonal(7 * SR, 3)]
+    extractor = SpecPatchFeatureExtractor(max_length=600)
+    ast_short = ASTFeatureExtractor(max_length=600)
+    ours = extractor(clips, sampling_rate=SR, return_tensors="np", return_attention_mask=True)
+    assert ours["input_values"].shape == (4, 600, 128)
+    for i, clip in enumerate(clips):
+        np.testing.assert_allclose(ours["input_values"][i], _ast_features(ast_short, clip), atol=1e-3, rtol=0)
+    frames = [min(600, 1 + (len(c) - 400) // 160) for c in clips]
+    np.testing.assert_array_equal(ours["attention_mask"].sum(axis=1), frames)
+
+
+def test_kaldi_float64_matches_ast_on_pure_tone(ast_extractor):
+    # A full-scale pure tone at int16 scale: float32 rounding shows in the far, ~140 dB down mel bands; the float64
+    # front end reproduces transformers' float64 numpy path anyway.
+    t = np.arange(2 * SR) / SR
+    clip = (32767 * np.sin(2 * np.pi * 1234.5 * t)).astype(np.float32)
+    ours = SpecPatchFeatureExtractor(compute_dtype="float64")(clip, sampling_rate=SR)["input_values"]
+    np.testing.assert_allclose(ours[0], _ast_features(ast_extractor, clip), atol=1e-4, rtol=0)
+
+
+def test_padding_then_normalisation_like_ast():
+    extractor = SpecPatchFeatureExtractor(max_length=200)
+    features = extractor(_noise(SR // 2, 4), sampling_rate=SR)["input_values"][0]
+    valid = 1 + (SR // 2 - 400) // 160
+    # AST pads the log-mel with zeros and normalises afterwards.
+    pad = (0.0 - extractor.mean) / (2 * extractor.std)
+    np.testing.assert_allclose(features[valid:], pad, rtol=1e-6)
+    assert np.abs(features[:valid] - pad).max() > 0.1
+    raw = SpecPatchFeatureExtractor(max_length=200, do_normalize=False, padding_value=-3.0)
+    raw_features = raw(_noise(SR // 2, 4), sampling_rate=SR)["input_values"][0]
+    np.testing.assert_array_equal(raw_features[valid:], -3.0)
+    np.testing.assert_allclose(
+        raw_features[:valid] * 1.0, features[:valid] * 2 * extractor.std + extractor.mean, atol=1e-4
+    )
+
+
+def test_max_length_override_and_truncation():
+    extractor = SpecPatchFeatureExtractor(max_length=300)
+    clip = _noise(4 * SR, 5)
+    full = extractor(clip, sampling_rate=SR)["input_values"]
+    short = extractor(clip, sampling_rate=SR, max_length=50)["input_values"]
+    assert full.shape == (1, 300, 128) and short.shape == (1, 50, 128)
+    np.testing.assert_allclose(short[0], full[0, :50], atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# logmel front end == slow numpy reference
+
+
+def _logmel_reference(extractor, clip):
+    """transformers' per-frame numpy STFT, configured like torch.stft(center=True) / torchaudio MelSpectrogram."""
+    window = window_function(400, "hann", periodic=True, frame_length=1024, center=True)
+    power = spectrogram(
+        clip.astype(np.float64),
+        window,
+        frame_length=1024,
+        hop_length=160,
+        fft_length=1024,
+        power=2.0,
+        center=True,
+        pad_mode="reflect",
+        mel_filters=extractor.mel_filters(),
+        mel_floor=0.0,
+        dtype=np.float64,
+    ).T
+    log_mel = np.log(power + extractor.log_eps)
+    frames = np.zeros((extractor.max_length, extractor.num_mel_bins))
+    n = min(len(log_mel), extractor.max_length)
+    frames[:n] = log_mel[:n]
+    return (frames - extractor.mean) / extractor.std
+
+
+def test_logmel_matches_numpy_reference():
+    extractor = SpecPatchFeatureExtractor(frontend="logmel", max_length=160)
+    assert (extractor.n_fft, extractor.win_length, extractor.hop_length, extractor.f_min) == (1024, 400, 160, 0.0)
+    # Shorter than max_length (with a clip of a different length in the same batch: per-clip reflect padding),
+    # exactly max_length frames, and longer.
+    clips = [_noise(SR // 2 + 37, 6), _tonal(159 * 160, 7), _tonal(2 * SR, 8), _noise(600, 9)]
+    ours = extractor(clips, sampling_rate=SR, return_tensors="np", return_attention_mask=True)
+    for i, clip in enumerate(clips):
+        np.testing.assert_allclose(ours["input_values"][i], _logmel_reference(extractor, clip), atol=1e-3, rtol=0)
+    np.testing.assert_array_equal(ours["attention_mask"].sum(axis=1), [51, 160, 160, 4])
+
+
+def test_logmel_defaults_and_normalisation():
+    logmel = SpecPatchFeatureExtractor(frontend="logmel")
+    kaldi = SpecPatchFeatureExtractor()
+    assert (kaldi.mean, kaldi.std) == (-4.2677393, 4.5689974)
+    assert logmel.normalization_scale == logmel.std and kaldi.normalization_scale == 2 * kaldi.std
+    assert logmel.mel_filters().shape == (513, 128) and kaldi.mel_filters().shape == (257, 128)
+
+
+def test_compute_normalization_stats_standardises():
+    extractor = SpecPatchFeatureExtractor(frontend="logmel", max_length=100)
+    clips = [_noise(SR // 4 + 160 * i, i) * (i + 1) for i in range(5)] + [_tonal(SR // 3, 9)]
+    stats = extractor.compute_normalization_stats(clips, sampling_rate=SR, batch_size=4)
+    extractor.mean, extractor.std = stats["mean"], stats["std"]
+    out = extractor(clips, sampling_rate=SR, return_attention_mask=True, max_length=200)
+    mask = out["attention_mask"].astype(bool)
+    values = out["input_values"][mask]
+    assert abs(values.mean()) < 1e-4 and abs(values.std() - 1.0) < 1e-4
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Input layouts, devices, resampling
+
+
+def test_input_layouts_agree():
+    extractor = SpecPatchFeatureExtractor(max_length=120)
+    rng = np.random.default_rng(10)
+    batch = (0.1 * rng.standard_normal((3, 2, SR))).astype(np.float32)  # (batch, channels, samples)
+    mono = batch.mean(axis=1)
+
+    reference = extractor(list(mono), sampling_rate=SR)["input_values"]
+    from_2d = extractor(mono, sampling_rate=SR)["input_values"]
+    from_3d = extractor(batch, sampling_rate=SR)["input_values"]
+    from_channels_first_items = extractor(list(batch), sampling_rate=SR)["input_values"]
+    single = extractor(mono[1], sampling_rate=SR)["input_values"]
+    from_floats = extractor(mono[2].tolist(), sampling_rate=SR)["input_values"]
+    assert reference.shape == (3, 120, 128)
+    np.testing.assert_allclose(from_2d, reference, atol=1e-5)
+    np.testing.assert_allclose(from_3d, reference, atol=1e-5)
+    np.testing.assert_allclose(from_channels_first_items, reference, atol=1e-5)
+    np.testing.assert_allclose(single[0], reference[1], atol=1e-5)
+    np.testing.assert_allclose(from_floats[0], reference[2], atol=1e-5)
+
+
+def test_return_types_follow_input_and_return_tensors():
+    extractor = SpecPatchFeatureExtractor(max_length=64)
+    clip = _noise(SR, 11)
+    assert isinstance(extractor(clip, sampling_rate=SR)["input_values"], np.ndarray)
+    out_t = extractor(torch.from_numpy(clip), sampling_rate=SR)["input_values"]
+    assert isinstance(out_t, torch.Tensor) and out_t.dtype == torch.float32
+    assert isinstance(extractor(clip, sampling_rate=SR, return_tensors="pt")["input_values"], torch.Tensor)
+    out_np = extractor(torch.from_numpy(clip), sampling_rate=SR, return_tensors="np")["input_values"]
+    assert isinstance(out_np, np.ndarray)
+    np.testing.assert_allclose(out_np, out_t.numpy())
+    # integer PCM is used as given (no rescaling), like ASTFeatureExtractor
+    pcm = (clip * 1000).astype(np.int16)
+    np.testing.assert_allclose(
+        extractor(pcm, sampling_rate=SR)["input_values"],
+        extractor(pcm.astype(np.float32), sampling_rate=SR)["input_values"],
+    )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("frontend", ["kaldi", "logmel"])
+def test_cuda_input_stays_on_cuda(frontend):
+    extractor = SpecPatchFeatureExtractor(frontend=frontend, max_length=300)
+    clips = [torch.from_numpy(_noise(SR, 12)), torch.from_numpy(_tonal(2 * SR + 3, 13))]
+    cpu = extractor(clips, sampling_rate=SR)["input_values"]
+    gpu = extractor([c.cuda() for c in clips], sampling_rate=SR)["input_values"]
+    assert gpu.is_cuda
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-3, rtol=0)
+    on_device = extractor([c.numpy() for c in clips], sampling_rate=SR, device="cuda", return_tensors="pt")
+    assert on_device["input_values"].is_cuda
+
+
+def test_resamples_other_rates_and_warns_without_rate():
+    extractor = SpecPatchFeatureExtractor(max_length=100)
+    clip_22k = _tonal(22050, 14)
+    ours = extractor(clip_22k, sampling_rate=22050)["input_values"]
+    expected = extractor(resample(clip_22k, 22050, SR), sampling_rate=SR)["input_values"]
+    np.testing.assert_allclose(ours, expected, atol=1e-6)
+
+    logger = hf_logging.get_logger("specpatch.feature_extraction_specpatch")
+    with CaptureLogger(logger) as captured:
+        extractor(_noise(SR, 15))
+    assert "sampling_rate" in captured.out
+    with CaptureLogger(logger) as captured:
+        extractor(_noise(SR, 15), sampling_rate=SR)
+    assert captured.out == ""
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.zeros(0, np.float32), "empty"),
+        ([], "empty list"),
+        (np.array([0.1, np.nan] * 400, np.float32), "NaN or infinite"),
+        ([np.zeros(800, np.float32), np.full(800, np.inf, np.float32)], r"raw_speech\[1\].*NaN or infinite"),
+        (np.zeros((2, 2, 2, 800), np.float32), "dimensions"),
+        ([np.zeros((1, 2, 800), np.float32)], "dimensions"),
+        (np.zeros(399, np.float32), "too short"),
+        ([np.zeros((800, 2), np.float32)], "channels-first"),
+        ("audio.wav", "numpy array, a torch tensor"),
+        (np.zeros(800, bool), "real numbers"),
+    ],
+)
+def test_bad_audio_raises_clear_value_error(bad, message):
+    with pytest.raises(ValueError, match=message):
+        SpecPatchFeatureExtractor()(bad, sampling_rate=SR)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"frontend": "mfcc"}, "frontend"),
+        ({"f_max": 9000.0}, "f_max"),
+        ({"win_length": 600, "n_fft": 512}, "n_fft"),
+        ({"std": 0.0}, "std"),
+        ({"compute_dtype": "float16"}, "compute_dtype"),
+    ],
+)
+def test_bad_config_raises(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SpecPatchFeatureExtractor(**kwargs)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Serialisation
+
+
+@pytest.mark.parametrize("frontend", ["kaldi", "logmel"])
+def test_save_and_load_roundtrip(tmp_path, frontend):
+    extractor = SpecPatchFeatureExtractor(frontend=frontend, max_length=128, mean=-5.5, std=3.25)
+    clip = _tonal(SR, 16)
+    before = extractor(clip, sampling_rate=SR)["input_values"]  # fills the private buffer cache
+    extractor.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert config["frontend"] == frontend and config["mean"] == -5.5 and config["max_length"] == 128
+    assert config["feature_extractor_type"] == "SpecPatchFeatureExtractor"
+    assert not any(key.startswith("_") for key in config)
+
+    loaded = SpecPatchFeatureExtractor.from_pretrained(tmp_path)
+    assert loaded.to_dict() == extractor.to_dict()
+    np.testing.assert_array_equal(loaded(clip, sampling_rate=SR)["input_values"], before)
