@@ -15,7 +15,6 @@ from transformers.utils import logging as hf_logging
 from specpatch.audio_utils import resample
 from specpatch.feature_extraction_specpatch import SpecPatchFeatureExtractor
 
-
 SR = 16000
 # Samples giving exactly 1024 kaldi frames (snip_edges): 1 + (n - 400) // 160 == 1024.
 EXACT_1024 = 1023 * 160 + 400
