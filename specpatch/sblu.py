@@ -87,8 +87,6 @@ def sblu_normalizer(alpha: torch.Tensor, kernel_size: int) -> torch.Tensor:
     c = _check_kernel_size(kernel_size)
     if not torch.is_tensor(alpha) or not alpha.is_floating_point():
         raise ValueError("`alpha` must be a floating point tensor.")
-    if c == 0:
-        return torch.ones_like(alpha)
     small = alpha.abs() < 1e-6
     safe = torch.where(small, torch.ones_like(alpha), alpha)
     closed = 1.0 + 2.0 * torch.exp(-safe) * torch.expm1(-c * safe) / torch.expm1(-safe)
