@@ -103,7 +103,9 @@ def _check_positive_int(value, name: str, allow_zero: bool = False) -> int:
 def _fill_values(input_values: torch.Tensor, mask_value) -> torch.Tensor:
     """(batch, 1, 1) fill values: each spectrogram's own mean (computed before masking) or the constant."""
     if mask_value == "mean":
-        return input_values.mean(dim=(1, 2), keepdim=True, dtype=torch.float32).to(input_values.dtype)
+        # accumulate half-precision inputs in float32
+        dtype = torch.float32 if input_values.element_size() < 4 else input_values.dtype
+        return input_values.mean(dim=(1, 2), keepdim=True, dtype=dtype).to(input_values.dtype)
     return torch.full((1, 1, 1), mask_value, dtype=input_values.dtype, device=input_values.device)
 
 
@@ -139,7 +141,7 @@ def _paint_boxes(
         bits = (torch.ones((), dtype=torch.long, device=device) << torch.arange(n, device=device)).to(dtype)
         code_t = (in_t.to(dtype) * bits[:, None]).sum(1, dtype=dtype)  # distinct bits: the sum is a bitwise or
         code_f = (in_f.to(dtype) * bits[:, None]).sum(1, dtype=dtype)
-        group_mask = (code_t[:, :, None] & code_f[:, None, :]) != 0
+        group_mask = (code_t[:, :, None] & code_f[:, None, :]).bool()  # nonzero test (a cast: faster than != 0)
         mask = group_mask if mask is None else mask.logical_or_(group_mask)
     return mask
 
@@ -184,8 +186,8 @@ class SpecMask(nn.Module):
     `1..max_width` frames). A mask is placed at a position drawn uniformly among those where it fits inside the
     spectrogram; the position is accepted only if none of its cells is masked yet (no overlap), with up to
     `max_tries` positions per mask. A mask with no valid position among its `max_tries` is dropped and a new mask is
-    drawn. Masked cells are set to the spectrogram's own mean (per sample, computed before masking; `mask_value=
-    "mean"`, line 6) or to the float `mask_value`. Height is along mel, width along frames; the input layout is
+    drawn. Masked cells are set to the spectrogram's own mean (per sample, over all its cells, padding included,
+    computed before masking; `mask_value="mean"`, line 6) or to the float `mask_value`. Height is along mel, width along frames; the input layout is
     `(batch, frames, mel)`. The last mask may overshoot the budget (the loop stops once `area >= budget`).
 
     **Prose vs. algorithm.** The paper's prose says that "70 % of masked area" is full-frequency, but Algorithm 1
