@@ -1,0 +1,639 @@
+# Copyright 2026 The specpatch authors. Licensed under the Apache License, Version 2.0.
+"""
+Audio classification data for the training scripts: hub / local datasets, label maps, worker-side decoding, sampling.
+
+The pipeline splits the work the way AST-style training needs it on any number of processes:
+
+1. [`load_audio_dataset`] calls `datasets.load_dataset` on a hub id (`agkphysics/AudioSet`, `ashraq/esc50`, ...), a local
+   folder of parquet files, `audiofolder`, or the package's built-in dataset, in map-style or streaming mode, and casts
+   the audio column to `Audio(decode=False)` so that rows carry the encoded bytes (or a path), not decoded arrays.
+2. [`LabelMap`] turns the label column into class indices: AudioSet's ontology ids (`"/m/09x0r"`) map to the fixed
+   527-class list of [`audioset_labels`] with its human names; `ClassLabel` features, integer targets with a names
+   column (ESC-50's `target` / `category`) and plain strings are handled too.
+3. [`AudioCollator`] runs in the `DataLoader` workers: it decodes each clip (`audio_utils.load_audio`: soundfile, then
+   torchcodec), downmixes, resamples with soxr to the model's rate, truncates to the frames the model sees, and stacks
+   the batch. A corrupt, empty or too-short clip is dropped from its batch and reported in `skipped_index`, so the
+   training loop can count it; it never stops a run.
+4. The log-mel features are computed afterwards on the training device, a whole batch at once, by
+   `SpecPatchFeatureExtractor.extract_features`.
+
+Sampling: [`EpochSampler`] draws a permutation (or, with weights, AST's balanced sampling with replacement) that depends
+only on `(seed, epoch)`, so every process draws the same order and `accelerate` can shard it by batches, and a resumed
+run can skip exactly the batches it already trained on. Streaming datasets are sharded with
+`datasets.distributed.split_dataset_by_node` ([`shard_streaming_dataset`]).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .audio_utils import load_audio
+from .audioset_labels import AUDIOSET_LABELS
+
+logger = logging.getLogger(__name__)
+
+AUDIOSET_REPO = "agkphysics/AudioSet"
+"""The AudioSet copy on the Hugging Face hub (parquet; configs `balanced`, `unbalanced`, `full`; splits `train`, `test`)."""
+
+BUILTIN_DATASET = "builtin"
+"""`dataset_name` of the package's generated dataset (see [`builtin_dataset`])."""
+
+# Column names tried, in order, when the caller does not name the label column.
+LABEL_COLUMN_CANDIDATES = ("labels", "label", "target", "category", "class", "classID")
+# Columns that hold human-readable class names for an integer label column (ESC-50: target -> category).
+LABEL_NAME_COLUMN_CANDIDATES = ("category", "class_name", "label_name", "class")
+# Columns that name a clip (kept for logging / disjointness checks).
+ID_COLUMN_CANDIDATES = ("video_id", "filename", "file", "id", "path")
+# Columns holding cross-validation folds (ESC-50, UrbanSound8K).
+FOLD_COLUMN_CANDIDATES = ("fold",)
+EVAL_SPLIT_CANDIDATES = ("test", "validation", "valid", "eval", "evaluation")
+
+
+def _is_audioset_id(value: Any) -> bool:
+    return isinstance(value, str) and value[:3] in ("/m/", "/t/", "/g/")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Label maps
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LabelMap:
+    """
+    Class names and the mapping from raw label values to class indices.
+
+    Attributes:
+        names (`list[str]`): human-readable class names; index `i` is class `i` (`id2label[i]`).
+        multi_label (`bool`): whether a clip can carry several labels (AudioSet) or exactly one (ESC-50).
+        key_to_index (`dict`): raw label value (ontology id, class name, integer target, ...) -> class index.
+    """
+
+    names: list[str]
+    multi_label: bool
+    key_to_index: dict[Any, int] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.names:
+            raise ValueError("LabelMap needs at least one class name.")
+        if len(set(self.names)) != len(self.names):
+            # id2label must be a bijection for label2id: disambiguate repeated names.
+            seen: dict[str, int] = {}
+            unique = []
+            for name in self.names:
+                seen[name] = seen.get(name, 0) + 1
+                unique.append(name if seen[name] == 1 else f"{name} ({seen[name]})")
+            self.names = unique
+        if not self.key_to_index:
+            self.key_to_index = {name: i for i, name in enumerate(self.names)}
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.names)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.names))
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.names)}
+
+    @property
+    def problem_type(self) -> str:
+        return "multi_label_classification" if self.multi_label else "single_label_classification"
+
+    @classmethod
+    def audioset(cls) -> LabelMap:
+        """The fixed 527 AudioSet classes: ontology ids (and display names) map to the standard class indices."""
+        key_to_index = {mid: i for i, (mid, _) in enumerate(AUDIOSET_LABELS)}
+        key_to_index.update({name: i for i, (_, name) in enumerate(AUDIOSET_LABELS)})
+        return cls([name for _, name in AUDIOSET_LABELS], multi_label=True, key_to_index=key_to_index)
+
+    def encode(self, value: Any) -> list[int]:
+        """
+        Class indices of one clip's raw label value (a scalar, or a list for multi-label data). Values that are not
+        in the map (e.g. an ontology id outside the 527 classes, or -1 for "unlabelled") are left out.
+        """
+        values = value if isinstance(value, (list, tuple, np.ndarray)) else [value]
+        indices = []
+        for v in values:
+            if isinstance(v, np.generic):
+                v = v.item()
+            index = self.key_to_index.get(v)
+            if index is not None and index not in indices:
+                indices.append(index)
+        return indices
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"names": list(self.names), "multi_label": self.multi_label}
+
+
+def _feature_class_names(feature) -> tuple[list[str] | None, bool]:
+    """`(names, is_sequence)` of a `ClassLabel` or a list of `ClassLabel` feature; `(None, ...)` otherwise."""
+    from datasets import ClassLabel, LargeList, List, Sequence
+
+    if isinstance(feature, ClassLabel):
+        return list(feature.names), False
+    if isinstance(feature, (List, LargeList, Sequence)):
+        inner = feature.feature
+        if isinstance(inner, ClassLabel):
+            return list(inner.names), True
+        return None, True
+    if isinstance(feature, list) and feature and isinstance(feature[0], ClassLabel):
+        return list(feature[0].names), True
+    return None, isinstance(feature, list)
+
+
+def infer_label_map(
+    dataset,
+    label_column: str,
+    label_names_column: str | None = None,
+    multi_label: bool | None = None,
+    label_names: Sequence[str] | None = None,
+    max_scan: int | None = None,
+) -> LabelMap:
+    """
+    Builds the [`LabelMap`] of a dataset split (normally the training split).
+
+    Resolution order:
+    1. `label_names` given: class `i` is `label_names[i]`; raw values may be those names or integers `0..K-1`.
+    2. AudioSet ontology ids (`"/m/..."`): the fixed 527-class list, whatever subset the split holds.
+    3. A `ClassLabel` feature (or a list of them): its names.
+    4. Integer labels with a names column (ESC-50's `target` and `category`): index = the integer, name from the column.
+    5. Otherwise the sorted distinct values (strings, or integers as strings).
+
+    Args:
+        dataset (`datasets.Dataset` or `datasets.IterableDataset`): the split.
+        label_column (`str`): the label column.
+        label_names_column (`str`, *optional*): column with a human-readable name for each integer label.
+        multi_label (`bool`, *optional*): forces single- or multi-label; inferred from the column type otherwise
+            (list-valued columns are multi-label).
+        label_names (`list[str]`, *optional*): explicit class names.
+        max_scan (`int`, *optional*): for streaming datasets, rows read to discover the classes in case 4 / 5.
+    """
+    features = dataset.features or {}
+    if label_column not in features and features:
+        raise ValueError(f"Label column {label_column!r} not found; the dataset has columns {sorted(features)}.")
+    feature = features.get(label_column)
+    class_names, is_sequence = _feature_class_names(feature) if feature is not None else (None, False)
+    streaming = not hasattr(dataset, "__len__")
+
+    def first_values(n: int) -> list:
+        if streaming:
+            out = []
+            for row in dataset.select_columns([label_column]).take(n):
+                out.append(row[label_column])
+            return out
+        return dataset.select_columns([label_column])[: min(n, len(dataset))][label_column]
+
+    sample = first_values(16)
+    if feature is None:
+        is_sequence = any(isinstance(v, (list, tuple)) for v in sample)
+    flat_sample = [x for v in sample for x in (v if isinstance(v, (list, tuple)) else [v])]
+    resolved_multi = is_sequence if multi_label is None else multi_label
+
+    if label_names is not None:
+        names = [str(n) for n in label_names]
+        key_to_index = {n: i for i, n in enumerate(names)}
+        key_to_index.update({i: i for i in range(len(names))})
+        return LabelMap(names, resolved_multi, key_to_index)
+
+    if flat_sample and all(_is_audioset_id(x) for x in flat_sample):
+        label_map = LabelMap.audioset()
+        label_map.multi_label = True if multi_label is None else multi_label
+        return label_map
+
+    if class_names is not None:
+        key_to_index = {i: i for i in range(len(class_names))}
+        key_to_index.update({n: i for i, n in enumerate(class_names)})
+        return LabelMap(class_names, resolved_multi, key_to_index)
+
+    def all_rows(columns: list[str]) -> list[dict]:
+        subset = dataset.select_columns(columns)
+        if streaming:
+            if max_scan is None:
+                raise ValueError(
+                    f"Cannot list the classes of the streaming column {label_column!r} (no ClassLabel feature, not "
+                    "AudioSet ids): pass the class names explicitly (--label_names)."
+                )
+            return list(subset.take(max_scan))
+        data = subset[:]
+        return [dict(zip(columns, vals)) for vals in zip(*(data[c] for c in columns))]
+
+    if label_names_column is not None:
+        rows = all_rows([label_column, label_names_column])
+        pairs: dict[Any, str] = {}
+        for row in rows:
+            keys = row[label_column] if isinstance(row[label_column], (list, tuple)) else [row[label_column]]
+            names_ = row[label_names_column] if isinstance(row[label_names_column], (list, tuple)) else [
+                row[label_names_column]
+            ]
+            for k, n in zip(keys, names_):
+                if pairs.setdefault(k, str(n)) != str(n):
+                    raise ValueError(
+                        f"Label {k!r} of column {label_column!r} has two names in {label_names_column!r}: "
+                        f"{pairs[k]!r} and {n!r}."
+                    )
+        keys = sorted(pairs)  # integer targets 0..K-1 (ESC-50) keep their value as class index
+        names = [pairs[k] for k in keys]
+        key_to_index = {k: i for i, k in enumerate(keys)}
+        key_to_index.update({pairs[k]: i for i, k in enumerate(keys)})
+        return LabelMap(names, resolved_multi, key_to_index)
+
+    rows = all_rows([label_column])
+    values = set()
+    for row in rows:
+        v = row[label_column]
+        values.update(v if isinstance(v, (list, tuple)) else [v])
+    values.discard(None)
+    if not values:
+        raise ValueError(f"The label column {label_column!r} holds no labels.")
+    keys = sorted(values)
+    return LabelMap([str(k) for k in keys], resolved_multi, {k: i for i, k in enumerate(keys)})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Column detection and dataset loading
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def find_audio_column(features) -> str:
+    """The column with an `Audio` feature, else one named `audio`; raises a ValueError when there is none."""
+    from datasets import Audio
+
+    for name, feature in (features or {}).items():
+        if isinstance(feature, Audio):
+            return name
+    if features and "audio" in features:
+        return "audio"
+    raise ValueError(f"No audio column found among {sorted(features or {})}; pass --audio_column.")
+
+
+def find_column(features, candidates: Iterable[str], what: str, required: bool = True) -> str | None:
+    """The first of `candidates` present in `features` (case-sensitive), else None or a ValueError."""
+    for name in candidates:
+        if features and name in features:
+            return name
+    if required:
+        raise ValueError(f"No {what} column found among {sorted(features or {})}; name it explicitly.")
+    return None
+
+
+@dataclass
+class DatasetSpec:
+    """
+    What to load: `datasets.load_dataset(name, config, data_dir=..., data_files=..., streaming=...)`.
+
+    `name` may be a hub id, a local folder (of parquet files named `train-*.parquet` / `test-*.parquet` or with a
+    dataset card), a builder name (`parquet`, `audiofolder`) with `data_dir` / `data_files`, or `"builtin"`.
+    """
+
+    name: str = BUILTIN_DATASET
+    config: str | None = None
+    data_dir: str | None = None
+    data_files: Any = None
+    streaming: bool = False
+    cache_dir: str | None = None
+    revision: str | None = None
+
+
+def load_audio_dataset(spec: DatasetSpec, audio_column: str | None = None):
+    """
+    Loads every split of a dataset with its audio column cast to `Audio(decode=False)`.
+
+    Returns:
+        `(dataset_dict, audio_column)`: a `DatasetDict` (or `IterableDatasetDict` when streaming) whose audio column
+        yields `{"bytes": ..., "path": ...}` and the audio column's name.
+    """
+    from datasets import Audio, load_dataset
+
+    if spec.name == BUILTIN_DATASET:
+        from .builtin_dataset import builtin_dataset_dir
+
+        path, kwargs = builtin_dataset_dir(), {}
+    else:
+        path = spec.name
+        kwargs = {"data_dir": spec.data_dir, "data_files": spec.data_files, "revision": spec.revision}
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    dataset = load_dataset(path, spec.config, streaming=spec.streaming, cache_dir=spec.cache_dir, **kwargs)
+    if not hasattr(dataset, "keys"):
+        raise ValueError(f"Expected load_dataset({path!r}) to return splits, got {type(dataset).__name__}.")
+    first = next(iter(dataset.values()))
+    audio_column = audio_column or find_audio_column(first.features)
+    dataset = type(dataset)({split: ds.cast_column(audio_column, Audio(decode=False)) for split, ds in dataset.items()})
+    return dataset, audio_column
+
+
+def pick_eval_split(splits: Iterable[str], train_split: str, eval_split: str | None = None) -> str | None:
+    """`eval_split` if given (and present), else the first of test / validation / ... that exists, else None."""
+    splits = list(splits)
+    if eval_split is not None:
+        if eval_split not in splits:
+            raise ValueError(f"Evaluation split {eval_split!r} not found; the dataset has splits {splits}.")
+        return eval_split
+    for name in EVAL_SPLIT_CANDIDATES:
+        if name in splits and name != train_split:
+            return name
+    return None
+
+
+def split_by_fold(dataset, fold_column: str, eval_fold: Any):
+    """`(train, eval)`: the rows whose `fold_column` differs from / equals `eval_fold` (ESC-50's 5-fold protocol)."""
+    folds = dataset[fold_column] if hasattr(dataset, "__len__") else None
+    if folds is None:
+        raise ValueError("Fold splitting needs a map-style dataset (not --streaming).")
+    folds = np.asarray(folds)
+    if eval_fold not in set(folds.tolist()):
+        raise ValueError(f"Fold {eval_fold!r} not in column {fold_column!r} (values {sorted(set(folds.tolist()))}).")
+    train_idx = np.flatnonzero(folds != eval_fold)
+    eval_idx = np.flatnonzero(folds == eval_fold)
+    return dataset.select(train_idx), dataset.select(eval_idx)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Decoding collate
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def decode_clip(audio: Any, sampling_rate: int) -> np.ndarray:
+    """
+    Decodes one row's audio value to mono float32 at `sampling_rate`.
+
+    Accepts what `Audio(decode=False)` yields (`{"bytes": ..., "path": ...}`), a path, raw bytes, or an already decoded
+    `{"array": ..., "sampling_rate": ...}`. Raises a ValueError for anything that is not decodable audio.
+    """
+    from .audio_utils import resample, to_mono, validate_waveform
+
+    if isinstance(audio, dict):
+        if audio.get("array") is not None:
+            array = validate_waveform(np.asarray(audio["array"], dtype=np.float32))
+            array = to_mono(array)
+            rate = audio.get("sampling_rate") or sampling_rate
+            return np.asarray(resample(array, rate, sampling_rate), dtype=np.float32)
+        payload = audio.get("bytes")
+        if payload:
+            return load_audio(payload, sampling_rate=sampling_rate)[0]
+        path = audio.get("path")
+        if path:
+            return load_audio(path, sampling_rate=sampling_rate)[0]
+        raise ValueError("The audio value has neither bytes nor a path.")
+    if isinstance(audio, (bytes, bytearray, str, os.PathLike)):
+        return load_audio(audio, sampling_rate=sampling_rate)[0]
+    raise ValueError(f"Cannot decode an audio value of type {type(audio).__name__}.")
+
+
+class AudioCollator:
+    """
+    `DataLoader` collate function that decodes, resamples, truncates and stacks a batch of rows (on the workers).
+
+    Rows are dicts with the audio column (as `Audio(decode=False)` gives it), the label column and optionally the
+    row index under `"__index__"`. Clips that fail to decode, are empty, non-finite, or shorter than `min_samples`
+    are dropped from the batch; their row indices are returned in `skipped_index` (or -1 when unknown).
+
+    Returns a dict of tensors:
+        - `waveforms` `(batch, samples)` float32, right-padded with zeros to the longest kept clip;
+        - `lengths` `(batch,)` number of real samples of each clip;
+        - `labels`: `(batch, num_labels)` float multi-hot for multi-label data, `(batch,)` long class indices otherwise;
+        - `index` `(batch,)` row indices of the kept clips (-1 when unknown);
+        - `skipped_index` `(skipped,)` row indices of the dropped clips.
+
+    Args:
+        audio_column (`str`): column with the audio.
+        label_column (`str`, *optional*): column with the labels; none for unlabeled data (no `labels` returned).
+        label_map ([`LabelMap`], *optional*): turns raw labels into indices; needed with `label_column`.
+        sampling_rate (`int`): target sampling rate in Hz.
+        max_samples (`int`, *optional*): clips are truncated to their first `max_samples` samples (the frames the model
+            sees, as AST does); `None` keeps them whole.
+        min_samples (`int`, *optional*, defaults to 400): shorter clips count as corrupt (no full analysis window).
+    """
+
+    def __init__(
+        self,
+        audio_column: str,
+        label_column: str | None = None,
+        label_map: LabelMap | None = None,
+        sampling_rate: int = 16000,
+        max_samples: int | None = None,
+        min_samples: int = 400,
+    ):
+        if label_column is not None and label_map is None:
+            raise ValueError("AudioCollator needs a label_map to encode the label column.")
+        self.audio_column = audio_column
+        self.label_column = label_column
+        self.label_map = label_map
+        self.sampling_rate = int(sampling_rate)
+        self.max_samples = None if max_samples is None else int(max_samples)
+        self.min_samples = int(min_samples)
+
+    def _labels_tensor(self, label_indices: list[list[int]]) -> torch.Tensor:
+        if self.label_map.multi_label:
+            target = torch.zeros(len(label_indices), self.label_map.num_labels, dtype=torch.float32)
+            for row, indices in enumerate(label_indices):
+                target[row, indices] = 1.0
+            return target
+        return torch.tensor([indices[0] for indices in label_indices], dtype=torch.long)
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        waveforms, label_indices, kept_index, skipped_index = [], [], [], []
+        for row in rows:
+            index = int(row.get("__index__", -1))
+            if self.label_column is not None:
+                indices = self.label_map.encode(row.get(self.label_column))
+                if not indices and not self.label_map.multi_label:
+                    # A single-label row without a known class cannot be trained on.
+                    logger.warning("Skipping row %d: label %r is not a known class.", index, row.get(self.label_column))
+                    skipped_index.append(index)
+                    continue
+            try:
+                clip = decode_clip(row.get(self.audio_column), self.sampling_rate)
+                if clip.shape[-1] < self.min_samples:
+                    raise ValueError(f"{clip.shape[-1]} samples, fewer than {self.min_samples}")
+            except Exception as err:  # corrupt audio of any kind (libsndfile, FFmpeg, ...) must not stop training
+                logger.warning("Skipping corrupt or empty clip (row %d): %s", index, str(err)[:200])
+                skipped_index.append(index)
+                continue
+            if self.max_samples is not None:
+                clip = clip[: self.max_samples]
+            waveforms.append(torch.from_numpy(np.ascontiguousarray(clip, dtype=np.float32)))
+            kept_index.append(index)
+            if self.label_column is not None:
+                label_indices.append(indices)
+
+        lengths = torch.tensor([w.shape[0] for w in waveforms], dtype=torch.long)
+        batch = {
+            "waveforms": (
+                torch.nn.utils.rnn.pad_sequence(waveforms, batch_first=True)
+                if waveforms
+                else torch.zeros(0, self.min_samples)
+            ),
+            "lengths": lengths,
+            "index": torch.tensor(kept_index, dtype=torch.long),
+            "skipped_index": torch.tensor(skipped_index, dtype=torch.long),
+        }
+        if self.label_column is not None:
+            if label_indices:
+                batch["labels"] = self._labels_tensor(label_indices)
+            else:
+                shape = (0, self.label_map.num_labels) if self.label_map.multi_label else (0,)
+                batch["labels"] = torch.zeros(shape, dtype=torch.float32 if self.label_map.multi_label else torch.long)
+        return batch
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Datasets and samplers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class IndexedDataset(torch.utils.data.Dataset):
+    """
+    A map-style `datasets.Dataset` as a torch dataset whose rows carry their index (`"__index__"`), fetched in one
+    Arrow read per batch (`__getitems__`, which torch's `DataLoader` uses when present).
+    """
+
+    def __init__(self, dataset, columns: Sequence[str] | None = None):
+        self.dataset = dataset.select_columns(list(columns)) if columns else dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        row = dict(self.dataset[int(index)])
+        row["__index__"] = int(index)
+        return row
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        indices = [int(i) for i in indices]
+        columns = self.dataset[indices]
+        rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
+        for row, index in zip(rows, indices):
+            row["__index__"] = index
+        return rows
+
+
+def balanced_sampling_weights(label_indices: Sequence[Sequence[int]], num_labels: int) -> np.ndarray:
+    """
+    AST's class-balanced sampling weights (`gen_weight_file.py`): each class weighs `1000 / (count + 0.01)`, with
+    `count` the number of training clips carrying it, and a clip weighs the sum of its classes' weights. Clips with
+    rare classes are drawn more often; clips without any known label weigh 0.
+
+    Args:
+        label_indices: the class indices of every training clip.
+        num_labels: number of classes.
+
+    Returns:
+        float64 `(num_clips,)` weights.
+    """
+    counts = np.zeros(num_labels, dtype=np.float64)
+    for indices in label_indices:
+        counts[list(indices)] += 1
+    class_weight = 1000.0 / (counts + 0.01)
+    return np.array([class_weight[list(indices)].sum() for indices in label_indices], dtype=np.float64)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """
+    The order of one epoch as a pure function of `(seed, epoch)`: a random permutation, the identity (no shuffle), or
+    `num_samples` draws with replacement proportional to `weights` (AST's balanced sampler, `WeightedRandomSampler`).
+
+    Every process builds the same order, `accelerate` hands each process its share of the batches, and a resumed run
+    regenerates the interrupted epoch exactly and skips the batches already done. Call `set_epoch` (accelerate's
+    `DataLoaderShard.set_epoch` forwards it) before iterating.
+    """
+
+    def __init__(
+        self,
+        num_examples: int,
+        weights: np.ndarray | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_samples: int | None = None,
+    ):
+        if num_examples < 1:
+            raise ValueError(f"EpochSampler needs at least one example, got {num_examples}.")
+        if weights is not None:
+            weights = np.asarray(weights, dtype=np.float64)
+            if weights.shape != (num_examples,) or not np.isfinite(weights).all() or (weights < 0).any():
+                raise ValueError(f"`weights` must be {num_examples} finite non-negative numbers.")
+            if weights.sum() <= 0:
+                raise ValueError("`weights` sum to zero: no clip can be drawn.")
+        self.num_examples = int(num_examples)
+        self.weights = None if weights is None else torch.from_numpy(weights)
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.epoch = 0
+        self.num_samples = int(num_samples) if num_samples is not None else self.num_examples
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def indices(self, epoch: int | None = None) -> list[int]:
+        epoch = self.epoch if epoch is None else epoch
+        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0]))
+        if self.weights is not None:
+            return torch.multinomial(self.weights, self.num_samples, replacement=True, generator=generator).tolist()
+        if self.shuffle:
+            order = torch.randperm(self.num_examples, generator=generator)
+            reps = math.ceil(self.num_samples / self.num_examples)
+            if reps > 1:
+                order = torch.cat([order] + [torch.randperm(self.num_examples, generator=generator) for _ in range(1, reps)])
+            return order[: self.num_samples].tolist()
+        return [i % self.num_examples for i in range(self.num_samples)]
+
+    def __iter__(self):
+        return iter(self.indices())
+
+
+def shard_streaming_dataset(dataset, rank: int, world_size: int, seed: int = 0, shuffle_buffer_size: int | None = 1000):
+    """
+    One process's share of a streaming dataset (`datasets.distributed.split_dataset_by_node`: whole parquet shards
+    per process when their number divides evenly, else every `world_size`-th row), shuffled with a buffer.
+    Call `.set_epoch(epoch)` on the result to reshuffle each epoch.
+    """
+    from datasets.distributed import split_dataset_by_node
+
+    if world_size > 1:
+        dataset = split_dataset_by_node(dataset, rank=rank, world_size=world_size)
+    if shuffle_buffer_size:
+        dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
+    return dataset
+
+
+def max_samples_for_frames(num_frames: int, feature_extractor) -> int:
+    """Samples needed for `num_frames` frames of the feature extractor (longer clips are truncated to this)."""
+    hop, win = feature_extractor.hop_length, feature_extractor.win_length
+    if feature_extractor.frontend == "kaldi":
+        return (num_frames - 1) * hop + win
+    return num_frames * hop
+
+
+__all__ = [
+    "AUDIOSET_REPO",
+    "BUILTIN_DATASET",
+    "AudioCollator",
+    "DatasetSpec",
+    "EpochSampler",
+    "IndexedDataset",
+    "LabelMap",
+    "balanced_sampling_weights",
+    "decode_clip",
+    "find_audio_column",
+    "find_column",
+    "infer_label_map",
+    "load_audio_dataset",
+    "max_samples_for_frames",
+    "pick_eval_split",
+    "shard_streaming_dataset",
+    "split_by_fold",
+]
