@@ -32,6 +32,7 @@ the device of the input tensor:
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -68,7 +69,7 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
     Constructs a batched log-mel feature extractor for FFTP-AST, FFTP-AuM and AaPE-ViT.
 
     It takes [`ASTFeatureExtractor`]'s arguments and returns the same `input_values` layout `(batch, frames, mel)`;
-    with the default `"kaldi"` front end its output equals `ASTFeatureExtractor`'s (within float32 rounding) but is
+    with the default `"kaldi"` front end its output equals `ASTFeatureExtractor`'s (to about 1e-5) but is
     computed as one batched torch graph that runs on CPU or GPU tensors.
 
     Order of operations (the same as `ASTFeatureExtractor`): log-mel -> pad with `padding_value` (in the log-mel
@@ -123,12 +124,6 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
         log_eps (`float`, *optional*, defaults to 1.1920929e-07):
             Small constant of the log: floor `log(max(mel, log_eps))` for `"kaldi"` (Kaldi's float epsilon), offset
             `log(mel + log_eps)` for `"logmel"`.
-        compute_dtype (`str`, *optional*, defaults to `"float32"`):
-            Precision of the front end (`input_values` are float32 either way). `"float32"` is fast and is what
-            `torchaudio.compliance.kaldi.fbank` (the original AST features) computes in; its rounding error (about
-            1e-7 of a frame's total energy) only matters in mel bands roughly 90 dB or more below that energy, e.g.
-            far from a pure synthetic tone. `"float64"` reproduces `ASTFeatureExtractor`'s float64 numpy path to
-            about 1e-6 on any input, at about 3x the cost.
     """
 
     model_input_names = ["input_values"]
@@ -153,7 +148,6 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
         f_min: float | None = None,
         f_max: float | None = None,
         log_eps: float = FLOAT32_EPS,
-        compute_dtype: str = "float32",
         **kwargs,
     ):
         super().__init__(feature_size=feature_size, sampling_rate=sampling_rate, padding_value=padding_value, **kwargs)
@@ -176,9 +170,6 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
         self.f_min = float(f_min if f_min is not None else (20.0 if is_kaldi else 0.0))
         self.f_max = float(f_max if f_max is not None else sampling_rate / 2)
         self.log_eps = float(log_eps)
-        if compute_dtype not in ("float32", "float64"):
-            raise ValueError(f"`compute_dtype` must be 'float32' or 'float64', got {compute_dtype!r}.")
-        self.compute_dtype = compute_dtype
 
         for name in ("sampling_rate", "num_mel_bins", "max_length", "win_length", "hop_length", "n_fft"):
             if not getattr(self, name) > 0:
@@ -238,17 +229,14 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
         """The float64 analysis window: symmetric Hann for kaldi ("hanning"), periodic Hann for logmel."""
         return torch.hann_window(self.win_length, periodic=self.frontend != "kaldi", dtype=torch.float64).numpy()
 
-    @property
-    def _dtype(self) -> torch.dtype:
-        return torch.float64 if self.compute_dtype == "float64" else torch.float32
-
     def _get_buffers(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if not hasattr(self, "_buffers"):
             self._buffers = {}
-        key = (str(device), self.compute_dtype)
+        key = str(device)
         if key not in self._buffers:
-            window = torch.from_numpy(self.window()).to(device=device, dtype=self._dtype)
-            mel = torch.from_numpy(self.mel_filters()).to(device=device, dtype=self._dtype)
+            # The window is applied in float64 (see `_log_mel`), the mel matrix in float32.
+            window = torch.from_numpy(self.window()).to(device=device)
+            mel = torch.from_numpy(self.mel_filters()).to(device=device, dtype=torch.float32)
             self._buffers[key] = (window, mel)
         return self._buffers[key]
 
@@ -266,8 +254,8 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
 
         Each clip gets `slots * hop_length` samples (`slots >= num_frames - 1 + ceil(win / hop)`), so one `unfold`
         over the flat buffer frames the whole batch at once and chunks of frames can be taken across clip borders
-        (the few frames straddling two clips are computed and dropped). Returns the flat signal, the flat raw
-        signal for the kaldi DC removal (or `None`), and `slots`.
+        (the few frames straddling two clips are computed and dropped). Returns the flat signal, the mean of each
+        flat frame of the raw signal for the kaldi DC removal (`None` for logmel), and `slots`.
         """
         win, hop = self.win_length, self.hop_length
         slots = num_frames - 1 + -(-win // hop)
@@ -278,12 +266,12 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
             if raw.shape[-1] < width:
                 raw = torch.nn.functional.pad(raw, (0, width - raw.shape[-1]))
             raw = raw.reshape(-1)
-            # Kaldi pre-emphasis x[i] - 0.97 x[i - 1] applied once to the whole signal instead of per frame. It only
-            # differs from the per-frame version at a frame's first sample, where Kaldi's symmetric Hann window is 0;
-            # the per-frame DC removal that Kaldi does before it is applied per chunk in `_log_mel`.
-            emphasized = raw.clone()
-            emphasized[1:] -= KALDI_PREEMPHASIS * raw[:-1]
-            return emphasized, raw, slots
+            # Frame means for Kaldi's per-frame DC removal (applied in `_log_mel`): sums of blocks of
+            # gcd(win, hop) samples, then of the win / gcd blocks of each frame, instead of one reduction per frame.
+            block = math.gcd(win, hop)
+            block_sums = raw.view(-1, block).sum(dim=1).to(torch.float64)
+            means = block_sums.unfold(0, win // block, hop // block).sum(dim=1) / win
+            return raw, means, slots
 
         # torch.stft(center=True, n_fft, win_length) pads n_fft // 2 on both sides and centres the window in the
         # n_fft buffer, so the non-zero part of frame t starts at sample t * hop - left with
@@ -299,39 +287,61 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
         index = index.clamp(min=0, max=waveforms.shape[-1] - 1)
         return torch.gather(waveforms, 1, index).reshape(-1), None, slots
 
-    def _log_mel(self, waveforms: torch.Tensor, lengths: torch.Tensor, num_frames: int) -> torch.Tensor:
-        """Un-normalised log-mel `(batch, num_frames, num_mel_bins)` of `waveforms` `(batch, samples)`."""
+    def _log_mel(
+        self, waveforms: torch.Tensor, lengths: torch.Tensor, num_frames: int, do_normalize: bool
+    ) -> torch.Tensor:
+        """
+        Log-mel `(batch, num_frames, num_mel_bins)` (a strided view) of `waveforms` `(batch, samples)`, normalised
+        when `do_normalize`.
+        """
         window, mel_filters = self._get_buffers(waveforms.device)
         batch = waveforms.shape[0]
-        win, hop = self.win_length, self.hop_length
-        signal, raw, slots = self._framing_source(waveforms, lengths, num_frames)
-        frames = signal.unfold(0, win, hop)  # (total_frames, win), a strided view: no copy
-        raw_frames = raw.unfold(0, win, hop) if raw is not None else None
+        win = self.win_length
+        signal, means, slots = self._framing_source(waveforms, lengths, num_frames)
+        frames = signal.unfold(0, win, self.hop_length)  # (total_frames, win), a strided view: no copy
         total = frames.shape[0]
         out = torch.empty(batch * slots, self.num_mel_bins, dtype=signal.dtype, device=signal.device)
-        if self.frontend == "kaldi":
+        if means is not None:
             if float(window[0]) != 0.0:
-                raise RuntimeError("The whole-signal pre-emphasis needs a window that is zero at its first sample.")
+                raise RuntimeError(
+                    "The pre-emphasis below skips each frame's first sample, where Kaldi's window is 0."
+                )
             # Kaldi removes each frame's mean m before pre-emphasis; after pre-emphasis that is a constant
-            # (1 - 0.97) * m on every sample, so the windowed frame is w * (x_pre - 0.03 m).
+            # (1 - 0.97) * m on every sample, so the windowed frame is w * x_pre - 0.03 * m * w.
             dc_window = -(1.0 - KALDI_PREEMPHASIS) * window
+            means = means.unsqueeze(1)
 
-        # On CPU, work in cache-sized chunks of frames: big temporaries cost more in page faults and memory traffic
-        # than the arithmetic. On GPU one chunk does it.
-        chunk = total if signal.is_cuda else self._cpu_chunk_frames
+        # On CPU, work in cache-sized chunks of frames and reuse the buffers: big temporaries cost more in page faults
+        # and memory traffic than the arithmetic. On GPU one chunk does it. The FFT buffer's zero padding from win
+        # to n_fft (and, for kaldi, its unused first sample) is written once.
+        # Framing, pre-emphasis, window and FFT run in float64: a float32 FFT's rounding (about 1e-7 of a frame's
+        # energy) visibly changes the log of mel bands near the log floor next to loud tones (up to ~3e-3 after
+        # normalisation on tonal audio), while in cache-sized chunks float64 costs little more than float32.
+        chunk = total if signal.is_cuda else min(total, self._cpu_chunk_frames)
+        fft_buffer = torch.zeros(chunk, self.n_fft, dtype=torch.float64, device=signal.device)
+        power = torch.empty(chunk, self.n_fft // 2 + 1, dtype=torch.float32, device=signal.device)
         for start in range(0, total, chunk):
             stop = min(start + chunk, total)
-            buffer = frames[start:stop] * window
-            if raw_frames is not None:
-                buffer.addcmul_(raw_frames[start:stop].mean(dim=-1, keepdim=True), dc_window)
-            spectrum = torch.fft.rfft(buffer, n=self.n_fft, dim=-1)
-            power = spectrum.real.square()
-            power.addcmul_(spectrum.imag, spectrum.imag)
-            torch.matmul(power, mel_filters, out=out[start:stop])
-        if self.frontend == "kaldi":
-            out.clamp_(min=self.log_eps).log_()
-        else:
-            out.add_(self.log_eps).log_()
+            size = stop - start
+            windowed = fft_buffer[:size, :win]
+            if means is None:
+                torch.mul(frames[start:stop], window, out=windowed)
+            else:
+                frame = frames[start:stop].to(torch.float64)
+                # x[i] - 0.97 x[i - 1] for i >= 1; sample 0 is multiplied by the window's 0 and left at 0.
+                torch.sub(frame[:, 1:], frame[:, :-1], alpha=KALDI_PREEMPHASIS, out=windowed[:, 1:])
+                windowed.mul_(window).addcmul_(means[start:stop], dc_window)
+            spectrum = torch.fft.rfft(fft_buffer[:size], dim=-1)
+            torch.mul(spectrum.real, spectrum.real, out=power[:size])
+            power[:size].addcmul_(spectrum.imag.to(torch.float32), spectrum.imag.to(torch.float32))
+            mel = out[start:stop]
+            torch.matmul(power[:size], mel_filters, out=mel)
+            if self.frontend == "kaldi":
+                mel.clamp_(min=self.log_eps).log_()
+            else:
+                mel.add_(self.log_eps).log_()
+            if do_normalize:
+                mel.sub_(self.mean).div_(self.normalization_scale)
         return out.view(batch, slots, self.num_mel_bins)[:, :num_frames]
 
     def extract_features(
@@ -361,33 +371,33 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
         if waveforms.ndim != 2:
             raise ValueError(f"`waveforms` must be (batch, samples), got shape {tuple(waveforms.shape)}.")
         device = waveforms.device
-        waveforms = waveforms.to(self._dtype)
+        waveforms = waveforms.to(torch.float32)
         batch, width = waveforms.shape
-        if lengths is None:
-            lengths = torch.full((batch,), width, dtype=torch.long, device=device)
-        lengths = torch.as_tensor(lengths, dtype=torch.long, device=device)
+        lengths_list = [width] * batch if lengths is None else torch.as_tensor(lengths).tolist()
+        lengths = torch.tensor(lengths_list, dtype=torch.long, device=device)
         max_length = self.max_length if max_length is None else int(max_length)
         do_normalize = self.do_normalize if do_normalize is None else do_normalize
 
-        lengths_list = lengths.tolist()
-        valid = torch.tensor([self.num_frames(n) for n in lengths_list], dtype=torch.long, device=device)
-        longest = max(self.num_frames(n) for n in lengths_list)
+        valid_list = [self.num_frames(n) for n in lengths_list]
+        longest = max(valid_list)
         if max_length < 0:
             max_length = longest
         computed = min(max_length, longest)
+        valid = torch.tensor(valid_list, dtype=torch.long, device=device)
 
-        features = torch.full(
-            (batch, max_length, self.num_mel_bins), float(self.padding_value), dtype=torch.float32, device=device
-        )
-        if computed > 0:
-            log_mel = self._log_mel(waveforms, lengths, computed)
-            is_real = torch.arange(computed, device=device).unsqueeze(0) < valid.unsqueeze(1)
-            features[:, :computed] = torch.where(
-                is_real.unsqueeze(-1), log_mel.to(torch.float32), features[:, :computed]
-            )
+        # AST pads the log-mel with zeros and normalises afterwards, so padded frames hold the normalised padding.
+        pad = float(self.padding_value)
         if do_normalize:
-            # AST normalises after padding (padded frames become (padding_value - mean) / scale).
-            features = (features - self.mean) / self.normalization_scale
+            pad = (pad - self.mean) / self.normalization_scale
+        features = torch.empty((batch, max_length, self.num_mel_bins), dtype=torch.float32, device=device)
+        if computed > 0:
+            log_mel = self._log_mel(waveforms, lengths, computed, do_normalize)
+            if min(valid_list) >= computed:
+                features[:, :computed] = log_mel
+            else:
+                is_real = torch.arange(computed, device=device).unsqueeze(0) < valid.unsqueeze(1)
+                features[:, :computed] = torch.where(is_real.unsqueeze(-1), log_mel, pad)
+        features[:, computed:] = pad
         return features, valid.clamp(max=max_length)
 
     # ------------------------------------------------------------------------------------------------------------
@@ -449,7 +459,7 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
 
         tensors = [
             (c if isinstance(c, torch.Tensor) else torch.from_numpy(np.asarray(c))).to(
-                device=device, dtype=self._dtype
+                device=device, dtype=torch.float32
             )
             for c in clips
         ]
