@@ -24,7 +24,6 @@ from transformers.utils import is_speech_available
 
 from specpatch.feature_extraction_specpatch import SpecPatchFeatureExtractor
 
-
 SR = 16000
 
 
@@ -65,7 +64,9 @@ def main() -> None:
     ours = SpecPatchFeatureExtractor()  # kaldi front end, AST's defaults (128 mel, 1024 frames, AudioSet stats)
     logmel = SpecPatchFeatureExtractor(frontend="logmel", max_length=1024)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+    )
     print(f"ASTFeatureExtractor backend: {'torchaudio' if is_speech_available() else 'numpy (transformers)'}")
     print(f"batch: {args.batch_size} clips x {args.seconds:g} s at {SR} Hz, {args.repeats} repeats, fastest shown")
 
