@@ -1,0 +1,506 @@
+# Copyright 2026 The specpatch authors. Licensed under the Apache License, Version 2.0.
+"""Mamba's selective scan (the S6 recurrence) in pure PyTorch, with optional dispatch to the fused CUDA kernels.
+
+The recurrence, for every batch element, channel `d` and state index `n` (Mamba paper, Sec. 3, Algorithm 2):
+
+    h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t,        y_t = sum_n C_t[n] * h_t[n] + D * u_t,
+
+optionally gated, `y_t * silu(z_t)`. `selective_scan` has the argument names, shapes and semantics of
+`mamba_ssm.ops.selective_scan_interface.selective_scan_fn`, so one can be swapped for the other:
+
+* `u`, `delta`, `z`: `(batch, dim, length)`; `A`: `(dim, d_state)` (real);
+* `B`, `C`: `(dim, d_state)` (time-invariant), `(batch, d_state, length)` (selective, shared by all channels) or
+  `(batch, groups, d_state, length)` (selective, one per group of `dim / groups` consecutive channels);
+* `D`, `delta_bias`: `(dim,)`; the output has the shape of `u` and its dtype.
+
+When `mamba_ssm` is installed and the tensors are on a CUDA device the fused kernel runs; otherwise
+`selective_scan_torch`, a pure-PyTorch implementation that is parallel over the sequence, runs on any device:
+
+* the sequence is cut into chunks of `chunk_size` steps; inside a chunk the linear recurrence is solved by a
+  work-efficient (Blelloch) parallel scan over the pairs `(decay, input)` with the associative operator
+  `(a1, x1) o (a2, x2) = (a1 a2, a2 x1 + x2)`, which only ever multiplies decays `<= 1` (no `exp` of a positive
+  cumulative sum, so nothing over- or underflows however strong the decay); the state at the end of each chunk is
+  carried into the next one;
+* the `(batch, chunk, channels, d_state)` work tiles are the only tensors with a `d_state` axis (channels are also
+  split when a tile would exceed a fixed budget), so memory stays bounded for long sequences and wide models;
+* the recurrence is computed in float32 (float64 inputs stay float64), also under autocast;
+* the backward pass is hand-written (a reverse-time scan of the same kind, recomputing each tile from the chunk
+  states) and keeps no `(batch, length, dim, d_state)` tensor either.
+
+`selective_scan_reference` is the slow, obviously correct loop over time steps used by the tests.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+# Work tiles (batch x chunk x channels x d_state elements) are kept below this size; channels are split beyond it.
+# The CPU budget keeps a tile's buffers in cache; on GPUs larger tiles mean fewer kernel launches.
+_MAX_TILE_ELEMENTS = {"cpu": 2**21, "cuda": 2**26}
+_DEFAULT_CHUNK_SIZE = {"cpu": 64, "cuda": 128}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Optional fused kernels (imported lazily, once)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _mamba_ssm_selective_scan_fn():
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except Exception:  # not installed, or installed against another torch / CUDA: use the PyTorch path
+        return None
+    return selective_scan_fn
+
+
+@functools.cache
+def _causal_conv1d_fn():
+    try:
+        from causal_conv1d import causal_conv1d_fn
+    except Exception:
+        return None
+    return causal_conv1d_fn
+
+
+def mamba_kernels_available() -> dict[str, bool]:
+    """Which optional fused CUDA kernels are importable: `{"selective_scan": ..., "causal_conv1d": ...}`."""
+    return {
+        "selective_scan": _mamba_ssm_selective_scan_fn() is not None,
+        "causal_conv1d": _causal_conv1d_fn() is not None,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+):
+    """Selective scan with `mamba_ssm`'s `selective_scan_fn` interface (see the module docstring for shapes).
+
+    Runs `mamba_ssm`'s fused kernel for CUDA tensors when it is installed and `selective_scan_torch` otherwise.
+    Returns `out` of shape `(batch, dim, length)` in `u`'s dtype, and with `return_last_state=True` also the final
+    state `(batch, dim, d_state)`.
+    """
+    _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    if u.is_cuda:
+        kernel = _mamba_ssm_selective_scan_fn()
+        if kernel is not None:
+            return kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+
+def selective_scan_torch(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    chunk_size: int | None = None,
+):
+    """The pure-PyTorch selective scan (chunked parallel scan, hand-written backward); same interface as
+    `selective_scan` plus `chunk_size`, the number of time steps solved in parallel per chunk (64 on CPU and 128
+    on GPUs by default). Unlike `mamba_ssm`, gradients also flow through the returned last state."""
+    _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    if A.is_complex():
+        raise ValueError("The PyTorch selective scan supports real `A` only (complex `A` needs mamba_ssm's kernel).")
+    device_type = u.device.type
+    if chunk_size is None:
+        chunk_size = _DEFAULT_CHUNK_SIZE.get(device_type, 128)
+    if chunk_size < 1:
+        raise ValueError(f"`chunk_size` must be positive, got {chunk_size}.")
+    dtype = torch.promote_types(u.dtype, torch.float32)  # fp32 recurrence; float64 stays float64 (tests)
+    with torch.autocast(device_type=device_type, enabled=False):
+        u_f = u.to(dtype)
+        delta_f = delta.to(dtype)
+        if delta_bias is not None:
+            delta_f = delta_f + delta_bias.to(dtype)[:, None]
+        if delta_softplus:
+            delta_f = F.softplus(delta_f)
+        # Internal layout: time before channels, so a chunk of time steps is a contiguous block of rows.
+        y, last_state = _SelectiveScanFunction.apply(
+            u_f.transpose(1, 2).contiguous(),
+            delta_f.transpose(1, 2).contiguous(),
+            A.to(dtype).contiguous(),
+            _to_internal_layout(B.to(dtype)),
+            _to_internal_layout(C.to(dtype)),
+            chunk_size,
+        )
+        out = y.transpose(1, 2)
+        if D is not None:
+            out = out + u_f * D.to(dtype)[:, None]
+        if z is not None:
+            out = out * F.silu(z.to(dtype))
+        out = out.to(u.dtype)
+    return (out, last_state) if return_last_state else out
+
+
+def selective_scan_reference(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+):
+    """Slow, obviously correct sequential loop over time steps (for tests only); same interface as `selective_scan`.
+    Computes in float32, or float64 for float64 inputs."""
+    _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    dtype = torch.promote_types(u.dtype, torch.float32)
+    u_f, delta_f, A_f, B_f, C_f = (t.to(dtype) for t in (u, delta, A, B, C))
+    if delta_bias is not None:
+        delta_f = delta_f + delta_bias.to(dtype)[:, None]
+    if delta_softplus:
+        delta_f = F.softplus(delta_f)
+    batch, dim, length = u.shape
+
+    def per_channel(M: torch.Tensor, t: int) -> torch.Tensor:  # -> broadcastable to (batch, dim, d_state)
+        if M.ndim == 2:
+            return M
+        if M.ndim == 3:
+            return M[:, None, :, t]
+        return M[:, :, :, t].repeat_interleave(dim // M.shape[1], dim=1)
+
+    state = u_f.new_zeros(batch, dim, A.shape[1])
+    outputs = []
+    for t in range(length):
+        decay = torch.exp(delta_f[:, :, t, None] * A_f)
+        state = decay * state + (delta_f[:, :, t] * u_f[:, :, t])[:, :, None] * per_channel(B_f, t)
+        outputs.append((state * per_channel(C_f, t)).sum(-1))
+    out = torch.stack(outputs, dim=-1)
+    if D is not None:
+        out = out + u_f * D.to(dtype)[:, None]
+    if z is not None:
+        out = out * F.silu(z.to(dtype))
+    out = out.to(u.dtype)
+    return (out, state) if return_last_state else out
+
+
+def causal_conv1d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, activation: str | None = None
+) -> torch.Tensor:
+    """Depthwise causal convolution with `causal_conv1d_fn`'s interface: `x` `(batch, dim, length)`, `weight`
+    `(dim, width)`, `bias` `(dim,)`, `activation` None, `"silu"` or `"swish"`. Uses the `causal_conv1d` CUDA kernel
+    when it is installed and `x` is on a GPU, else `torch.nn.functional.conv1d` with left padding."""
+    if activation not in (None, "silu", "swish"):
+        raise ValueError(f"`activation` must be None, 'silu' or 'swish', got {activation!r}.")
+    if x.ndim != 3 or weight.ndim != 2 or weight.shape[0] != x.shape[1]:
+        raise ValueError(
+            f"Expected x (batch, dim, length) and weight (dim, width), got {tuple(x.shape)} and {tuple(weight.shape)}."
+        )
+    if x.is_cuda:
+        kernel = _causal_conv1d_fn()
+        if kernel is not None:
+            return kernel(x.contiguous(), weight.contiguous(), bias, activation=activation)
+    out = F.conv1d(x.to(weight.dtype), weight[:, None], bias, padding=weight.shape[1] - 1, groups=x.shape[1])
+    out = out[..., : x.shape[-1]]
+    if activation is not None:
+        out = F.silu(out)
+    return out.to(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Validation and layouts
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _check_inputs(u, delta, A, B, C, D, z, delta_bias) -> None:
+    if u.ndim != 3:
+        raise ValueError(f"`u` must have shape (batch, dim, length), got {tuple(u.shape)}.")
+    batch, dim, length = u.shape
+    if delta.shape != u.shape:
+        raise ValueError(f"`delta` must have the shape of `u` {tuple(u.shape)}, got {tuple(delta.shape)}.")
+    if A.ndim != 2 or A.shape[0] != dim:
+        raise ValueError(f"`A` must have shape (dim={dim}, d_state), got {tuple(A.shape)}.")
+    d_state = A.shape[1]
+    for name, M in (("B", B), ("C", C)):
+        if M.ndim == 2:
+            ok = M.shape == (dim, d_state)
+        elif M.ndim == 3:
+            ok = M.shape == (batch, d_state, length)
+        elif M.ndim == 4:
+            ok = M.shape[0] == batch and M.shape[2:] == (d_state, length) and M.shape[1] > 0 and dim % M.shape[1] == 0
+        else:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"`{name}` must have shape (dim, d_state) = ({dim}, {d_state}), (batch, d_state, length) = "
+                f"({batch}, {d_state}, {length}) or (batch, groups, d_state, length) with groups dividing dim; "
+                f"got {tuple(M.shape)}."
+            )
+    if D is not None and D.shape != (dim,):
+        raise ValueError(f"`D` must have shape (dim,) = ({dim},), got {tuple(D.shape)}.")
+    if delta_bias is not None and delta_bias.shape != (dim,):
+        raise ValueError(f"`delta_bias` must have shape (dim,) = ({dim},), got {tuple(delta_bias.shape)}.")
+    if z is not None and z.shape != u.shape:
+        raise ValueError(f"`z` must have the shape of `u` {tuple(u.shape)}, got {tuple(z.shape)}.")
+
+
+def _to_internal_layout(M: torch.Tensor) -> torch.Tensor:
+    """`B` / `C` in the scan's time-major layout: `(dim, n)` unchanged (time-invariant), `(batch, n, length)` and
+    `(batch, 1, n, length)` -> `(batch, length, n)`, `(batch, groups, n, length)` -> `(batch, length, groups, n)`."""
+    if M.ndim == 4 and M.shape[1] == 1:
+        M = M[:, 0]
+    if M.ndim == 3:
+        return M.transpose(1, 2).contiguous()
+    if M.ndim == 4:
+        return M.permute(0, 3, 1, 2).contiguous()
+    return M.contiguous()
+
+
+class _Operand:
+    """Tiles of `B` or `C` (internal layout) broadcastable against a `(batch, chunk, channels, n)` work tile, and
+    the reduction of a tile-shaped gradient back onto the operand."""
+
+    def __init__(self, M: torch.Tensor, dim: int):
+        self.M = M
+        self.kind = M.ndim  # 2: time-invariant, 3: one per time step, 4: one per time step and channel group
+        if self.kind == 4:
+            groups = M.shape[2]
+            self.group_of_channel = torch.arange(dim, device=M.device) // (dim // groups)
+
+    def tile(self, t0: int, t1: int, d0: int, d1: int) -> torch.Tensor:
+        if self.kind == 2:
+            return self.M[d0:d1]  # (channels, n)
+        if self.kind == 3:
+            return self.M[:, t0:t1, None, :]  # (batch, chunk, 1, n)
+        return self.M[:, t0:t1].index_select(2, self.group_of_channel[d0:d1])  # (batch, chunk, channels, n)
+
+    def accumulate(self, grad: torch.Tensor, product: torch.Tensor, t0: int, t1: int, d0: int, d1: int) -> None:
+        """Adds the gradient contribution `product` (a `(batch, chunk, channels, n)` tile) to `grad`."""
+        if self.kind == 2:
+            grad[d0:d1] += product.sum((0, 1))
+        elif self.kind == 3:
+            grad[:, t0:t1] += product.sum(2)
+        else:
+            grad[:, t0:t1].index_add_(2, self.group_of_channel[d0:d1], product)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The chunked parallel scan
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _progression(first: int, count: int, step: int, length: int, reverse: bool) -> slice:
+    """Rows `first, first + step, ...` (`count` of them) of a chunk of `length` rows, mirrored when `reverse`."""
+    if reverse:
+        first = length - 1 - (first + step * (count - 1))
+    return slice(first, first + step * (count - 1) + 1, step)
+
+
+def _linear_scan_(a: torch.Tensor, x: torch.Tensor, reverse: bool = False) -> None:
+    """In-place inclusive scan of `h_t = a_t * h_{t-1} + x_t` along dim 1 (or `h_t = a_t * h_{t+1} + x_t` when
+    `reverse`), from a zero state: on return `x` holds `h`; `a` is overwritten with partial products.
+
+    Blelloch's work-efficient scheme: an up-sweep combines pairs of segments at distances 1, 2, 4, ... so that row
+    `i` covers the segment ending at `i` of length `lowbit(i + 1)`; a down-sweep then completes every row from the
+    full prefix `k` rows before it. About three row-operations per time step, in `2 log2(chunk)` tensor ops.
+    """
+    length = a.shape[1]
+    sign = -1 if reverse else 1
+    k = 1
+    while 2 * k <= length:  # up-sweep
+        count = length // (2 * k)
+        dst = _progression(2 * k - 1, count, 2 * k, length, reverse)
+        src = _progression(k - 1, count, 2 * k, length, reverse)
+        x[:, dst].addcmul_(a[:, dst], x[:, src])
+        if 4 * k <= length:  # the products of the widest segments are never read again
+            a[:, dst].mul_(a[:, src])
+        k *= 2
+    k //= 2
+    while k >= 1:  # down-sweep
+        count = (length - k) // (2 * k)
+        if count > 0:
+            dst = _progression(3 * k - 1, count, 2 * k, length, reverse)
+            src = slice(dst.start - sign * k, dst.stop - sign * k, dst.step)
+            x[:, dst].addcmul_(a[:, dst], x[:, src])
+        k //= 2
+
+
+def _plan(batch: int, length: int, dim: int, d_state: int, chunk_size: int, device: torch.device):
+    chunk = max(1, min(chunk_size, length))
+    budget = _MAX_TILE_ELEMENTS.get(device.type, 2**24)
+    channels = max(1, min(dim, budget // max(1, batch * chunk * d_state)))
+    chunks = [(t0, min(length, t0 + chunk)) for t0 in range(0, length, chunk)]
+    blocks = [(d0, min(dim, d0 + channels)) for d0 in range(0, dim, channels)]
+    return chunk, channels, chunks, blocks
+
+
+class _SelectiveScanFunction(torch.autograd.Function):
+    """`y[b, t, d] = sum_n C_t[n] h_t[d, n]` of the recurrence, without `D`, the gate or the `delta` transform
+    (applied by autograd around it). Inputs in the internal layout: `u`, `delta` `(batch, length, dim)`, `A`
+    `(dim, n)`, `B` / `C` from `_to_internal_layout`. Returns `y` `(batch, length, dim)` and the last state."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, chunk_size):
+        ctx.save_for_backward(u, delta, A, B, C)
+        ctx.chunk_size = chunk_size
+        with torch.no_grad():
+            return _scan_forward(u, delta, A, B, C, chunk_size)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y, grad_last_state):
+        u, delta, A, B, C = ctx.saved_tensors
+        with torch.autocast(device_type=u.device.type, enabled=False):
+            grads = _scan_backward(u, delta, A, B, C, grad_y, grad_last_state, ctx.chunk_size)
+        needs = ctx.needs_input_grad
+        return tuple(g if needs[i] else None for i, g in enumerate(grads)) + (None,)
+
+
+def _scan_forward(u, delta, A, B, C, chunk_size):
+    batch, length, dim = u.shape
+    d_state = A.shape[1]
+    chunk, channels, chunks, blocks = _plan(batch, length, dim, d_state, chunk_size, u.device)
+    B_op, C_op = _Operand(B, dim), _Operand(C, dim)
+    y = u.new_empty(batch, length, dim)
+    last_state = u.new_empty(batch, dim, d_state)
+    decay_buffer = u.new_empty(batch, chunk, channels, d_state)
+    state_buffer = torch.empty_like(decay_buffer)
+    product_buffer = torch.empty_like(decay_buffer)
+    delta_u = delta * u
+    for d0, d1 in blocks:
+        A_block = A[d0:d1]
+        carry = u.new_zeros(batch, d1 - d0, d_state)
+        for t0, t1 in chunks:
+            decay, states = _chunk_states(
+                delta, delta_u, A_block, B_op, carry, t0, t1, d0, d1, decay_buffer, state_buffer
+            )
+            carry = states[:, -1].clone()  # the buffers are overwritten by the next chunk
+            products = product_buffer[:, : t1 - t0, : d1 - d0]
+            torch.mul(states, C_op.tile(t0, t1, d0, d1), out=products)
+            torch.sum(products, dim=-1, out=y[:, t0:t1, d0:d1])
+        last_state[:, d0:d1] = carry
+    return y, last_state
+
+
+def _chunk_states(delta, delta_u, A_block, B_op, carry, t0, t1, d0, d1, decay_buffer, state_buffer):
+    """The states of one chunk and channel block, starting from `carry` (the state before `t0`).
+
+    Returns `(decay, states)`: `decay` holds partial products (overwritten by the scan), `states` is `h_t` for
+    `t0 <= t < t1`, both views into the given buffers of shape `(batch, chunk, channels, n)`."""
+    rows, cols = t1 - t0, d1 - d0
+    decay = decay_buffer[:, :rows, :cols]
+    states = state_buffer[:, :rows, :cols]
+    torch.mul(delta[:, t0:t1, d0:d1, None], A_block, out=decay)  # delta_t * A
+    decay.exp_()  # exp(delta_t * A), the discretised decay (zero-order hold)
+    torch.mul(delta_u[:, t0:t1, d0:d1, None], B_op.tile(t0, t1, d0, d1), out=states)  # delta_t * B_t * u_t
+    states[:, 0].addcmul_(decay[:, 0], carry)  # fold the carried state into the first step
+    _linear_scan_(decay, states)
+    return decay, states
+
+
+def _scan_backward(u, delta, A, B, C, grad_y, grad_last_state, chunk_size):
+    """Gradients of `_SelectiveScanFunction` w.r.t. `(u, delta, A, B, C)`.
+
+    With `G_t = dL/dh_t` (total), the adjoint recurrence runs backwards in time,
+    `G_t = C_t * gy_t + exp(delta_{t+1} A) * G_{t+1}`, and is solved with the same chunked scan in reverse. Per
+    chunk the forward states are recomputed from the chunk-start states of a first forward sweep. Then, with
+    `a_t = exp(delta_t A)` and `h_{t-1}` the previous state,
+    `dL/d(delta_t A) = G_t a_t h_{t-1}`, `dL/d(delta_t u_t B_t) = G_t`, `dL/dC_t = gy_t h_t`.
+    """
+    batch, length, dim = u.shape
+    d_state = A.shape[1]
+    chunk, channels, chunks, blocks = _plan(batch, length, dim, d_state, chunk_size, u.device)
+    B_op, C_op = _Operand(B, dim), _Operand(C, dim)
+    grad_y = grad_y.contiguous() if grad_y is not None else torch.zeros_like(u)
+    grad_u, grad_delta = torch.zeros_like(u), torch.zeros_like(delta)
+    grad_A, grad_B, grad_C = torch.zeros_like(A), torch.zeros_like(B), torch.zeros_like(C)
+    buffers = [u.new_empty(batch, chunk, channels, d_state) for _ in range(4)]
+    work_buffer, state_buffer, adjoint_buffer, product_buffer = buffers
+    decay_buffer = u.new_empty(batch, chunk, channels, d_state)
+    delta_u = delta * u
+    for d0, d1 in blocks:
+        cols = d1 - d0
+        A_block = A[d0:d1]
+        # 1. chunk-start states
+        carry = u.new_zeros(batch, cols, d_state)
+        chunk_start_states = []
+        for t0, t1 in chunks:
+            chunk_start_states.append(carry)
+            _, states = _chunk_states(delta, delta_u, A_block, B_op, carry, t0, t1, d0, d1, work_buffer, state_buffer)
+            carry = states[:, -1].clone()
+        # 2. reverse sweep over chunks
+        if grad_last_state is not None:
+            adjoint_carry = grad_last_state[:, d0:d1].to(u.dtype)
+        else:
+            adjoint_carry = u.new_zeros(batch, cols, d_state)
+        for (t0, t1), start in zip(reversed(chunks), reversed(chunk_start_states)):
+            rows = t1 - t0
+            delta_chunk, u_chunk = delta[:, t0:t1, d0:d1], u[:, t0:t1, d0:d1]
+            gy_chunk = grad_y[:, t0:t1, d0:d1]
+            C_tile = C_op.tile(t0, t1, d0, d1)
+            B_tile = B_op.tile(t0, t1, d0, d1)
+            # decays (kept) and recomputed states
+            decay = decay_buffer[:, :rows, :cols]
+            torch.mul(delta_chunk[..., None], A_block, out=decay)
+            decay.exp_()
+            work = work_buffer[:, :rows, :cols]
+            work.copy_(decay)
+            states = state_buffer[:, :rows, :cols]
+            torch.mul(delta_u[:, t0:t1, d0:d1, None], B_tile, out=states)
+            states[:, 0].addcmul_(decay[:, 0], start)
+            _linear_scan_(work, states)
+            # adjoint: G_t = C_t gy_t + a_{t+1} G_{t+1}, G_{last} also receives the carried adjoint
+            adjoint = adjoint_buffer[:, :rows, :cols]
+            torch.mul(gy_chunk[..., None], C_tile, out=adjoint)
+            adjoint[:, -1] += adjoint_carry
+            work[:, : rows - 1] = decay[:, 1:]  # a_{t+1}
+            work[:, rows - 1] = 1.0
+            _linear_scan_(work, adjoint, reverse=True)
+            adjoint_carry = decay[:, 0] * adjoint[:, 0]  # dL/d(state before the chunk)
+            # dL/d(log-decay) = G_t * a_t * h_{t-1}
+            log_decay_grad = work  # reuse
+            torch.mul(adjoint[:, 1:], states[:, :-1], out=log_decay_grad[:, 1:])
+            torch.mul(adjoint[:, 0], start, out=log_decay_grad[:, 0])
+            log_decay_grad.mul_(decay)
+            product = product_buffer[:, :rows, :cols]
+            # through delta_t * A
+            torch.mul(log_decay_grad, A_block, out=product)
+            grad_delta_chunk = product.sum(-1)
+            torch.mul(log_decay_grad, delta_chunk[..., None], out=product)
+            grad_A[d0:d1] += product.sum((0, 1))
+            # through delta_t * u_t * B_t
+            torch.mul(adjoint, B_tile, out=product)
+            adjoint_B = product.sum(-1)
+            grad_delta[:, t0:t1, d0:d1] = grad_delta_chunk.addcmul_(adjoint_B, u_chunk)
+            grad_u[:, t0:t1, d0:d1] = adjoint_B * delta_chunk
+            torch.mul(adjoint, delta_u[:, t0:t1, d0:d1, None], out=product)
+            B_op.accumulate(grad_B, product, t0, t1, d0, d1)
+            # through y_t = C_t . h_t
+            torch.mul(states, gy_chunk[..., None], out=product)
+            C_op.accumulate(grad_C, product, t0, t1, d0, d1)
+    return grad_u, grad_delta, grad_A, grad_B, grad_C
+
+
+__all__ = [
+    "selective_scan",
+    "selective_scan_torch",
+    "selective_scan_reference",
+    "causal_conv1d",
+    "mamba_kernels_available",
+]
