@@ -127,8 +127,9 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
     """
 
     model_input_names = ["input_values"]
-    # Frames per chunk on CPU (about 1.6 MB of float32 frames): fast on small caches, not a model setting.
+    # Frames per chunk (a 4 MB float64 FFT buffer on CPU): an implementation detail, not a model setting.
     _cpu_chunk_frames = 1024
+    _gpu_chunk_frames = 65536
 
     def __init__(
         self,
@@ -312,12 +313,12 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
             means = means.unsqueeze(1)
 
         # On CPU, work in cache-sized chunks of frames and reuse the buffers: big temporaries cost more in page faults
-        # and memory traffic than the arithmetic. On GPU one chunk does it. The FFT buffer's zero padding from win
-        # to n_fft (and, for kaldi, its unused first sample) is written once.
+        # and memory traffic than the arithmetic. On GPU, chunks only bound the memory. The FFT buffer's zero padding
+        # from win to n_fft (and, for kaldi, its unused first sample) is written once.
         # Framing, pre-emphasis, window and FFT run in float64: a float32 FFT's rounding (about 1e-7 of a frame's
         # energy) visibly changes the log of mel bands near the log floor next to loud tones (up to ~3e-3 after
         # normalisation on tonal audio), while in cache-sized chunks float64 costs little more than float32.
-        chunk = total if signal.is_cuda else min(total, self._cpu_chunk_frames)
+        chunk = min(total, self._gpu_chunk_frames if signal.is_cuda else self._cpu_chunk_frames)
         fft_buffer = torch.zeros(chunk, self.n_fft, dtype=torch.float64, device=signal.device)
         power = torch.empty(chunk, self.n_fft // 2 + 1, dtype=torch.float32, device=signal.device)
         for start in range(0, total, chunk):
@@ -373,7 +374,9 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
         device = waveforms.device
         waveforms = waveforms.to(torch.float32)
         batch, width = waveforms.shape
-        lengths_list = [width] * batch if lengths is None else torch.as_tensor(lengths).tolist()
+        lengths_list = [width] * batch if lengths is None else [int(n) for n in torch.as_tensor(lengths).tolist()]
+        if len(lengths_list) != batch or not all(0 < n <= width for n in lengths_list):
+            raise ValueError(f"`lengths` must hold {batch} values in [1, {width}], got {lengths_list}.")
         lengths = torch.tensor(lengths_list, dtype=torch.long, device=device)
         max_length = self.max_length if max_length is None else int(max_length)
         do_normalize = self.do_normalize if do_normalize is None else do_normalize
