@@ -286,6 +286,7 @@ def _recursive_backward(segment, alpha, omega, grad_out, c, kernel_size, stride,
     # The two shared base convolutions of Appendix C (C.11-C.12): P1 = sum |m| h x, P2 = sum m h x.
     p1 = past_w + future_w.conj() if need[1] else None
     p2 = past_w - future_w.conj() if need[2] else None
+    del past_w, future_w
     weighted, grad_alpha, grad_omega = _magnitude_gradients(response, p1, p2, alpha, grad_out, kernel_size, need)
     grad_segment = None
     if need[0]:
@@ -379,8 +380,8 @@ _CHUNK_KERNELS = {
 
 def _bytes_per_position(method, kernel_size, stride, itemsize):
     """Scratch bytes per output position of one chunk (an upper bound read off the chunk kernels)."""
-    if method == "recursive":  # about 10 complex (R, N) temporaries plus the polyphase segment and its gradient
-        return itemsize * (20 + 2 * stride)
+    if method == "recursive":  # about 14 complex (R, N) temporaries plus the polyphase segment and its gradient
+        return itemsize * (32 + 4 * stride)
     return itemsize * kernel_size * 6  # about 12 (R, N, c + 1) real temporaries
 
 
@@ -719,10 +720,11 @@ class SBLU(nn.Module):
         attenuation_eps (`float`, *optional*, defaults to 0.01): window edge attenuation threshold ``eps`` of the
             stability bound ``exp(-alpha c) <= eps``, i.e. ``alpha >= -ln(eps) / c`` (value lost in the paper;
             inferred). 0.01 puts the window edge at -40 dB, about the sidelobe level of the Hamming window used
-            for the high-pass, and is the largest round value for which the truncated window's spectrum stays
-            positive at every frequency (it turns negative, i.e. rings through zero, from about eps = 0.05 for
-            K = 63); its lower bound ``alpha_min = 0.149`` for K = 63 still allows a main lobe (half width about
-            alpha) narrower than the lowest band frequency ``pi / p_t = 0.196``.
+            for the high-pass, and keeps the truncated window's spectrum positive at every frequency for all the
+            kernel sizes of Table VII (the edge ripple makes it cross zero, which flips the sign of the frequency
+            gradient, once eps exceeds about 0.088 / 0.051 / 0.029 for K = 31 / 63 / 127); its bound
+            ``alpha_min = 0.149`` for K = 63 still allows a main lobe (half width about alpha) narrower than the
+            lowest band frequency ``pi / p_t = 0.196``.
         highpass_taps (`int` or `None`, *optional*, defaults to 63): FIR length of the zero-phase high-pass;
             `None` disables the filter (ablation only).
         adaptive (`bool`, *optional*, defaults to `True`): adaptive (parameters from outside) or non-adaptive

@@ -507,3 +507,17 @@ def test_sblu_rejects_bad_configuration_and_inputs():
         fixed(torch.randn(1, 16, 7))
     with pytest.raises(ValueError, match="lambda_tokens"):
         adaptive.parameters_from_tokens(torch.randn(1, 8, 5))
+
+
+@pytest.mark.parametrize("kernel_size", [31, 63, 127])
+def test_default_attenuation_keeps_window_spectrum_positive(kernel_size):
+    # The justification of attenuation_eps = 0.01: at the decay bound the truncated two-sided exponential has a
+    # spectrum without zero crossings (which would flip the sign of the frequency gradient, Sec. III-B).
+    c = (kernel_size - 1) // 2
+    m = torch.arange(-c, c + 1, dtype=torch.float64)
+    omega = torch.linspace(0, math.pi, 4001, dtype=torch.float64)
+    window = torch.exp(-sblu_decay_lower_bound(kernel_size, 0.01) * m.abs())
+    spectrum = (window * torch.cos(omega[:, None] * m)).sum(-1)
+    assert spectrum.min() > 0
+    looser = torch.exp(-sblu_decay_lower_bound(kernel_size, 0.1) * m.abs())
+    assert (looser * torch.cos(omega[:, None] * m)).sum(-1).min() < 0
