@@ -163,6 +163,20 @@ def main():
         "Non-adaptive SBLU (one kernel per channel); speed-up and memory ratio vs reference", fixed, "reference"
     )
 
+    # Scratch budget per chunk of the default (recursive) adaptive path.
+    x, alpha, omega = make_inputs(args.batch, True)
+    grad = torch.randn(args.batch, CHANNELS, num_out)
+    print("\nAdaptive recursive path, memory budget per chunk sweep (fwd+bwd ms):")
+    cells = []
+    for mib in (1, 4, 16, 64):
+
+        def step(mib=mib):
+            out = sblu_conv(x, alpha, omega, KERNEL, STRIDE, memory_budget=mib * 2**20)
+            torch.autograd.grad(out, (x, alpha, omega), grad)
+
+        cells.append(f"{mib} MiB: {best_time(step, args.repeats) * 1e3:.1f}")
+    print("  " + ", ".join(cells))
+
     # The whole block at the default configuration (high-pass, B, SBLU, C, GroupNorm, patchify).
     gen = torch.Generator().manual_seed(0)
     spectrogram = torch.randn(args.batch, 128, FRAMES, generator=gen)

@@ -24,7 +24,7 @@ frequency gives exactly ``y = 1`` away from the edges.  The input here is real: 
 with gain 1 and the image at ``-omega`` with gain ``|W(2 omega)| / Z`` (W the window's spectrum), so
 ``y`` is 1/2 up to that image leakage (which oscillates at ``2 omega`` and vanishes for long windows,
 ``alpha -> 0``, away from ``omega`` near 0 or pi).  At ``omega = pi`` the two images coincide and
-``y = |cos(phi')|`` exactly.
+``y = |cos(phi)|`` exactly.
 """
 
 import functools
@@ -49,8 +49,9 @@ __all__ = [
 ]
 
 # Default scratch memory one chunk of the adaptive convolution may use (all temporaries of one chunk,
-# forward or backward). 16 MiB keeps a chunk in the last-level cache range, which measured fastest on CPU
-# (see benchmarks/bench_sblu.py); peak extra memory does not grow with batch, channels or length.
+# forward or backward). On a 2-core CPU larger chunks measured no faster and much smaller ones pay Python
+# overhead (budget sweep in benchmarks/bench_sblu.py); peak extra memory does not grow with batch, channels
+# or length.
 DEFAULT_MEMORY_BUDGET_BYTES = 16 * 2**20
 
 
@@ -298,7 +299,8 @@ def _recursive_backward(segment, alpha, omega, grad_out, c, kernel_size, stride,
         def accumulate(j, value):
             grad_poly[:, j % stride, j // stride : j // stride + num_out] += value
 
-        toward_past, toward_future = weighted.clone(), weighted.conj()
+        toward_past = weighted.clone()
+        toward_future = weighted.conj_physical_()  # g u, in the storage of g conj(u) (not needed any more)
         accumulate(c, toward_past.real)
         for m in range(1, c + 1):
             toward_past.mul_(z)

@@ -171,7 +171,7 @@ def test_out_of_band_tone_is_attenuated():
 
 
 @pytest.mark.parametrize("method", CHUNKED)
-@pytest.mark.parametrize("budget", [1, 10**9])
+@pytest.mark.parametrize("budget", [2000, 10**9])  # a few output positions per chunk, or one chunk
 def test_gradcheck_custom_function(method, budget):
     gen = torch.Generator().manual_seed(3)
     kernel_size, stride, length = 5, 2, 11
@@ -188,7 +188,9 @@ def test_gradcheck_fixed_kernel_paths():
     alpha, omega = (p.requires_grad_(True) for p in _params((3,), gen))
     for method in ("conv", "recursive"):
         assert torch.autograd.gradcheck(
-            lambda x, a, w, method=method: sblu_conv(x, a, w, 7, 3, method=method), (x, alpha, omega)
+            lambda x, a, w, method=method: sblu_conv(x, a, w, 7, 3, method=method),
+            (x, alpha, omega),
+            fast_mode=method == "conv",  # the full check of the conv1d path is slow and adds nothing here
         )
 
 
