@@ -368,8 +368,8 @@ def decode_clip(audio: Any, sampling_rate: int) -> np.ndarray:
     """
     Decodes one row's audio value to mono float32 at `sampling_rate`.
 
-    Accepts what `Audio(decode=False)` yields (`{"bytes": ..., "path": ...}`), a path, raw bytes, or an already decoded
-    `{"array": ..., "sampling_rate": ...}`. Raises a ValueError for anything that is not decodable audio.
+    Accepts what `Audio(decode=False)` yields (`{"bytes": ..., "path": ...}`), a path, raw bytes, an already decoded
+    `{"array": ..., "sampling_rate": ...}`, or the torchcodec `AudioDecoder` of an `Audio(decode=True)` column. Raises a ValueError for anything that is not decodable audio.
     """
     from .audio_utils import resample, to_mono, validate_waveform
 
@@ -388,6 +388,10 @@ def decode_clip(audio: Any, sampling_rate: int) -> np.ndarray:
         raise ValueError("The audio value has neither bytes nor a path.")
     if isinstance(audio, (bytes, bytearray, str, os.PathLike)):
         return load_audio(audio, sampling_rate=sampling_rate)[0]
+    if hasattr(audio, "get_all_samples"):  # a torchcodec AudioDecoder (what an `Audio(decode=True)` column yields)
+        samples = audio.get_all_samples()
+        array = to_mono(validate_waveform(samples.data.to(torch.float32).numpy()))
+        return np.asarray(resample(array, int(samples.sample_rate), sampling_rate), dtype=np.float32)
     raise ValueError(f"Cannot decode an audio value of type {type(audio).__name__}.")
 
 
