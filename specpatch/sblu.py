@@ -647,8 +647,10 @@ def zero_phase_highpass(
     num_taps = taps.shape[-1]
     combined = F.conv1d(taps.view(1, 1, -1), taps.view(1, 1, -1), padding=num_taps - 1).view(1, 1, -1)
     shape = x.shape
-    extended = _extend(x.reshape(-1, 1, shape[-1]), num_taps - 1, padtype)
-    return F.conv1d(extended, combined).view(shape)
+    extended = _extend(x.reshape(1, -1, shape[-1]), num_taps - 1, padtype)
+    # Every signal as a channel of one depthwise conv: several times faster on CPU than a batch of 1-channel ones.
+    rows = extended.shape[1]
+    return F.conv1d(extended, combined.expand(rows, 1, -1), groups=rows).view(shape)
 
 
 class ZeroPhaseHighPass(nn.Module):
