@@ -277,16 +277,23 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
         # torch.stft(center=True, n_fft, win_length) pads n_fft // 2 on both sides and centres the window in the
         # n_fft buffer, so the non-zero part of frame t starts at sample t * hop - left with
         # left = n_fft // 2 - (n_fft - win) // 2. A frame shifted inside the FFT buffer only changes the phase, so
-        # we frame win samples directly and zero-pad them to n_fft in the rfft. Reflect padding is done per clip
-        # (each clip reflects at its own end) with one gather.
+        # we frame win samples directly and zero-pad them to n_fft in the rfft. Each clip is reflect-padded at its
+        # own end; `extra` slots per clip hold reflected samples that no kept frame reads.
         left = self.n_fft // 2 - (self.n_fft - win) // 2
-        positions = torch.arange(width, device=waveforms.device) - left
-        last = (lengths - 1).unsqueeze(1)
-        index = positions.unsqueeze(0).abs()  # reflect at the start: -s -> s
-        index = torch.where(index > last, 2 * last - index, index)  # reflect at each clip's end
-        # Positions beyond a clip's reflected end only feed masked frames.
-        index = index.clamp(min=0, max=waveforms.shape[-1] - 1)
-        return torch.gather(waveforms, 1, index).reshape(-1), None, slots
+        right = win - left
+        extra = -(-right // hop)
+        batch, available = waveforms.shape
+        padded = torch.zeros(batch, (slots + extra) * hop, dtype=waveforms.dtype, device=waveforms.device)
+        copied = min(available, width - left)
+        padded[:, left : left + copied] = waveforms[:, :copied]
+        padded[:, :left] = waveforms[:, 1 : left + 1].flip(-1)  # reflect at the start: x[left], ..., x[1]
+        # reflect at the end: x[n - 2], x[n - 3], ... at positions left + n, left + n + 1, ...
+        offsets = torch.arange(right, device=waveforms.device)
+        ends = lengths.unsqueeze(1)
+        source = torch.gather(waveforms, 1, ends - 2 - offsets)
+        target = (left + ends + offsets).clamp(max=padded.shape[1] - 1)  # beyond `width`: only dropped frames
+        padded.scatter_(1, target, source)
+        return padded.reshape(-1), None, slots + extra
 
     def _log_mel(
         self, waveforms: torch.Tensor, lengths: torch.Tensor, num_frames: int, do_normalize: bool
