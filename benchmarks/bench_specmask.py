@@ -10,6 +10,11 @@ Rows:
   (`M[t:t + w, f:f + h].any()`), the per-sample loop one would write with tensors.
 
 Usage: `python benchmarks/bench_specmask.py [--repeats 7] [--device cpu] [--threads N]`.
+
+Threads: by default torch runs single-threaded here (`--threads 1`), as augmentation does in DataLoader workers
+(PyTorch sets one thread per worker). This also keeps the comparison meaningful on a shared machine: when other
+processes oversubscribe the cores, torch's multi-threaded kernels slow down by an order of magnitude (both torch
+rows, not the pure-Python one). `--threads 0` keeps torch's default.
 """
 
 import argparse
@@ -60,7 +65,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads; 0 keeps torch's default")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
