@@ -314,10 +314,9 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
                 raise RuntimeError(
                     "The pre-emphasis below skips each frame's first sample, where Kaldi's window is 0."
                 )
-            # Kaldi removes each frame's mean m before pre-emphasis; after pre-emphasis that is a constant
-            # (1 - 0.97) * m on every sample, so the windowed frame is w * x_pre - 0.03 * m * w.
-            dc_window = -(1.0 - KALDI_PREEMPHASIS) * window
-            means = means.unsqueeze(1)
+            # Kaldi removes each frame's mean m, then pre-emphasises: (x[i] - m) - 0.97 (x[i - 1] - m)
+            # = x[i] - 0.97 x[i - 1] - 0.03 m.
+            dc_offsets = ((1.0 - KALDI_PREEMPHASIS) * means).unsqueeze(1)
 
         # On CPU, work in cache-sized chunks of frames and reuse the buffers: big temporaries cost more in page faults
         # and memory traffic than the arithmetic. On GPU, chunks only bound the memory. The FFT buffer's zero padding
@@ -326,22 +325,26 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
         # energy) visibly changes the log of mel bands near the log floor next to loud tones (up to ~3e-3 after
         # normalisation on tonal audio), while in cache-sized chunks float64 costs little more than float32.
         chunk = min(total, self._gpu_chunk_frames if signal.is_cuda else self._cpu_chunk_frames)
-        fft_buffer = torch.zeros(chunk, self.n_fft, dtype=torch.float64, device=signal.device)
-        power = torch.empty(chunk, self.n_fft // 2 + 1, dtype=torch.float32, device=signal.device)
+        device = signal.device
+        fft_buffer = torch.zeros(chunk, self.n_fft, dtype=torch.float64, device=device)
+        power64 = torch.empty(chunk, self.n_fft // 2 + 1, dtype=torch.float64, device=device)
+        power = torch.empty(chunk, self.n_fft // 2 + 1, dtype=torch.float32, device=device)
         for start in range(0, total, chunk):
             stop = min(start + chunk, total)
             size = stop - start
             windowed = fft_buffer[:size, :win]
+            frame = frames[start:stop]
             if means is None:
-                torch.mul(frames[start:stop], window, out=windowed)
+                torch.mul(frame, window, out=windowed)
             else:
-                frame = frames[start:stop].to(torch.float64)
-                # x[i] - 0.97 x[i - 1] for i >= 1; sample 0 is multiplied by the window's 0 and left at 0.
-                torch.sub(frame[:, 1:], frame[:, :-1], alpha=KALDI_PREEMPHASIS, out=windowed[:, 1:])
-                windowed.mul_(window).addcmul_(means[start:stop], dc_window)
+                # Sample 0 is multiplied by the window's 0 and stays 0.
+                torch.sub(frame[:, 1:], dc_offsets[start:stop], out=windowed[:, 1:])
+                windowed[:, 1:].sub_(frame[:, :-1], alpha=KALDI_PREEMPHASIS)
+                windowed.mul_(window)
             spectrum = torch.fft.rfft(fft_buffer[:size], dim=-1)
-            torch.mul(spectrum.real, spectrum.real, out=power[:size])
-            power[:size].addcmul_(spectrum.imag.to(torch.float32), spectrum.imag.to(torch.float32))
+            torch.mul(spectrum.real, spectrum.real, out=power64[:size])
+            power64[:size].addcmul_(spectrum.imag, spectrum.imag)
+            power[:size].copy_(power64[:size])
             mel = out[start:stop]
             torch.matmul(power[:size], mel_filters, out=mel)
             if self.frontend == "kaldi":
