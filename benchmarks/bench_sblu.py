@@ -12,7 +12,7 @@ Compares, at AaPE ViT-B shapes per clip (C = N_f * H = 128 channels, T = 608 fra
 Times are the minimum over repeats, forward and forward + backward; peak memory is the growth of the peak
 resident set size of a fresh process running one forward + backward (so it includes autograd's saved tensors).
 
-    python benchmarks/bench_sblu.py [--batch 8] [--repeats 3]
+    python benchmarks/bench_sblu.py [--batch 8] [--repeats 3] [--threads 1]
 """
 
 import argparse
@@ -130,8 +130,10 @@ def print_table(title, rows, baseline):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=8, help="clips per batch (AaPE pre-training uses 512)")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (default 1: ratios that do not depend on other load)"
+    )
     parser.add_argument("--measure-memory", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--non-adaptive", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
