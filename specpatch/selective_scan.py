@@ -21,7 +21,7 @@ When `mamba_ssm` is installed and the tensors are on a CUDA device the fused ker
   `(a1, x1) o (a2, x2) = (a1 a2, a2 x1 + x2)`, which only ever multiplies decays `<= 1` (no `exp` of a positive
   cumulative sum, so nothing over- or underflows however strong the decay); the state at the end of each chunk is
   carried into the next one;
-* the `(batch, chunk, channels, d_state)` work tiles are the only tensors with a `d_state` axis (channels are also
+* the `(batch, chunk, d_state, channels)` work tiles are the only tensors with a `d_state` axis (channels are also
   split when a tile would exceed a fixed budget), so memory stays bounded for long sequences and wide models;
 * the recurrence is computed in float32 (float64 inputs stay float64), also under autocast;
 * the backward pass is hand-written (a reverse-time scan of the same kind, recomputing each tile from the chunk
@@ -141,12 +141,13 @@ def selective_scan_torch(
         y, last_state = _SelectiveScanFunction.apply(
             u_f.transpose(1, 2).contiguous(),
             delta_f.transpose(1, 2).contiguous(),
-            A.to(dtype).contiguous(),
+            A.to(dtype).t().contiguous(),
             _to_internal_layout(B.to(dtype)),
             _to_internal_layout(C.to(dtype)),
             chunk_size,
         )
         out = y.transpose(1, 2)
+        last_state = last_state.transpose(1, 2)
         if D is not None:
             out = out + u_f * D.to(dtype)[:, None]
         if z is not None:
@@ -261,43 +262,54 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias) -> None:
 
 
 def _to_internal_layout(M: torch.Tensor) -> torch.Tensor:
-    """`B` / `C` in the scan's time-major layout: `(dim, n)` unchanged (time-invariant), `(batch, n, length)` and
-    `(batch, 1, n, length)` -> `(batch, length, n)`, `(batch, groups, n, length)` -> `(batch, length, groups, n)`."""
+    """`B` / `C` in the scan's time-major layout, `d_state` before channels: `(dim, n)` -> `(n, dim)`,
+    `(batch, n, length)` and `(batch, 1, n, length)` -> `(batch, length, n)`, `(batch, groups, n, length)` ->
+    `(batch, length, n, groups)`."""
     if M.ndim == 4 and M.shape[1] == 1:
         M = M[:, 0]
     if M.ndim == 3:
         return M.transpose(1, 2).contiguous()
     if M.ndim == 4:
-        return M.permute(0, 3, 1, 2).contiguous()
-    return M.contiguous()
+        return M.permute(0, 3, 2, 1).contiguous()
+    return M.t().contiguous()
 
 
 class _Operand:
-    """Tiles of `B` or `C` (internal layout) broadcastable against a `(batch, chunk, channels, n)` work tile, and
-    the reduction of a tile-shaped gradient back onto the operand."""
+    """`B` or `C` (internal layout) seen by `(batch, chunk, n, channels)` work tiles: tiles broadcastable against
+    them, the contraction over `n` and the reduction of gradients back onto the operand."""
 
     def __init__(self, M: torch.Tensor, dim: int):
         self.M = M
         self.kind = M.ndim  # 2: time-invariant, 3: one per time step, 4: one per time step and channel group
         if self.kind == 4:
-            groups = M.shape[2]
-            self.group_of_channel = torch.arange(dim, device=M.device) // (dim // groups)
+            self.group_of_channel = torch.arange(dim, device=M.device) // (dim // M.shape[3])
 
     def tile(self, t0: int, t1: int, d0: int, d1: int) -> torch.Tensor:
         if self.kind == 2:
-            return self.M[d0:d1]  # (channels, n)
+            return self.M[:, d0:d1]  # (n, channels)
         if self.kind == 3:
-            return self.M[:, t0:t1, None, :]  # (batch, chunk, 1, n)
-        return self.M[:, t0:t1].index_select(2, self.group_of_channel[d0:d1])  # (batch, chunk, channels, n)
+            return self.M[:, t0:t1, :, None]  # (batch, chunk, n, 1)
+        return self.M[:, t0:t1].index_select(3, self.group_of_channel[d0:d1])  # (batch, chunk, n, channels)
 
-    def accumulate(self, grad: torch.Tensor, product: torch.Tensor, t0: int, t1: int, d0: int, d1: int) -> None:
-        """Adds the gradient contribution `product` (a `(batch, chunk, channels, n)` tile) to `grad`."""
-        if self.kind == 2:
-            grad[d0:d1] += product.sum((0, 1))
-        elif self.kind == 3:
-            grad[:, t0:t1] += product.sum(2)
+    def contract(self, tile: torch.Tensor, states: torch.Tensor, scratch: torch.Tensor, out: torch.Tensor) -> None:
+        """`out[b, t, d] = sum_n tile[., t, n, d] * states[b, t, n, d]` (`scratch` has the shape of `states`)."""
+        if self.kind == 3:  # a batched vector-matrix product
+            torch.matmul(tile.transpose(2, 3), states, out=out[:, :, None])
         else:
-            grad[:, t0:t1].index_add_(2, self.group_of_channel[d0:d1], product)
+            torch.mul(states, tile, out=scratch)
+            torch.sum(scratch, dim=2, out=out)
+
+    def accumulate(self, grad, adjoint, weights, scratch, t0: int, t1: int, d0: int, d1: int) -> None:
+        """`grad += d/dM sum(adjoint * tile * weights)` for a tile-shaped `adjoint` and `(batch, chunk, channels)`
+        `weights`: sums over the channels (and over batch and time for a time-invariant operand)."""
+        if self.kind == 3:
+            grad[:, t0:t1] += torch.matmul(adjoint, weights[..., None])[..., 0]
+            return
+        torch.mul(adjoint, weights[:, :, None], out=scratch)
+        if self.kind == 2:
+            grad[:, d0:d1] += scratch.sum((0, 1))
+        else:
+            grad[:, t0:t1].index_add_(3, self.group_of_channel[d0:d1], scratch)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -342,6 +354,7 @@ def _linear_scan_(a: torch.Tensor, x: torch.Tensor, reverse: bool = False) -> No
 
 
 def _plan(batch: int, length: int, dim: int, d_state: int, chunk_size: int, device: torch.device):
+    """Chunk length, channels per block, and the chunk / channel-block boundaries."""
     chunk = max(1, min(chunk_size, length))
     budget = _MAX_TILE_ELEMENTS.get(device.type, 2**24)
     channels = max(1, min(dim, budget // max(1, batch * chunk * d_state)))
@@ -351,9 +364,10 @@ def _plan(batch: int, length: int, dim: int, d_state: int, chunk_size: int, devi
 
 
 class _SelectiveScanFunction(torch.autograd.Function):
-    """`y[b, t, d] = sum_n C_t[n] h_t[d, n]` of the recurrence, without `D`, the gate or the `delta` transform
+    """`y[b, t, d] = sum_n C_t[n] h_t[n, d]` of the recurrence, without `D`, the gate or the `delta` transform
     (applied by autograd around it). Inputs in the internal layout: `u`, `delta` `(batch, length, dim)`, `A`
-    `(dim, n)`, `B` / `C` from `_to_internal_layout`. Returns `y` `(batch, length, dim)` and the last state."""
+    transposed `(n, dim)`, `B` / `C` from `_to_internal_layout`. Returns `y` `(batch, length, dim)` and the last
+    state `(batch, n, dim)`."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, chunk_size):
@@ -372,128 +386,115 @@ class _SelectiveScanFunction(torch.autograd.Function):
         return tuple(g if needs[i] else None for i, g in enumerate(grads)) + (None,)
 
 
+def _chunk_states(delta, delta_u, A_block, B_tile, carry, t0, t1, d0, d1, decay, states):
+    """Fills `decay` with `exp(delta_t A)` and solves the states of one chunk and channel block into `states`
+    (both `(batch, chunk, n, channels)` views), starting from `carry`, the state before `t0`. The scan overwrites
+    `decay` with partial products."""
+    torch.mul(delta[:, t0:t1, None, d0:d1], A_block, out=decay)  # delta_t * A
+    decay.exp_()  # exp(delta_t A): the zero-order-hold discretisation of A
+    torch.mul(delta_u[:, t0:t1, None, d0:d1], B_tile, out=states)  # delta_t * B_t * u_t
+    states[:, 0].addcmul_(decay[:, 0], carry)  # fold the carried state into the first step
+    _linear_scan_(decay, states)
+
+
 def _scan_forward(u, delta, A, B, C, chunk_size):
     batch, length, dim = u.shape
-    d_state = A.shape[1]
+    d_state = A.shape[0]
     chunk, channels, chunks, blocks = _plan(batch, length, dim, d_state, chunk_size, u.device)
     B_op, C_op = _Operand(B, dim), _Operand(C, dim)
     y = u.new_empty(batch, length, dim)
-    last_state = u.new_empty(batch, dim, d_state)
-    decay_buffer = u.new_empty(batch, chunk, channels, d_state)
-    state_buffer = torch.empty_like(decay_buffer)
-    product_buffer = torch.empty_like(decay_buffer)
+    last_state = u.new_empty(batch, d_state, dim)
+    decay_buffer, state_buffer, scratch_buffer = (u.new_empty(batch, chunk, d_state, channels) for _ in range(3))
     delta_u = delta * u
     for d0, d1 in blocks:
-        A_block = A[d0:d1]
-        carry = u.new_zeros(batch, d1 - d0, d_state)
+        carry = u.new_zeros(batch, d_state, d1 - d0)
         for t0, t1 in chunks:
-            decay, states = _chunk_states(
-                delta, delta_u, A_block, B_op, carry, t0, t1, d0, d1, decay_buffer, state_buffer
-            )
+            rows, cols = t1 - t0, d1 - d0
+            states = state_buffer[:, :rows, :, :cols]
+            _chunk_states(
+                delta, delta_u, A[:, d0:d1], B_op.tile(t0, t1, d0, d1), carry, t0, t1, d0, d1,
+                decay_buffer[:, :rows, :, :cols], states,
+            )  # fmt: skip
             carry = states[:, -1].clone()  # the buffers are overwritten by the next chunk
-            products = product_buffer[:, : t1 - t0, : d1 - d0]
-            torch.mul(states, C_op.tile(t0, t1, d0, d1), out=products)
-            torch.sum(products, dim=-1, out=y[:, t0:t1, d0:d1])
-        last_state[:, d0:d1] = carry
+            C_op.contract(C_op.tile(t0, t1, d0, d1), states, scratch_buffer[:, :rows, :, :cols], y[:, t0:t1, d0:d1])
+        last_state[:, :, d0:d1] = carry
     return y, last_state
-
-
-def _chunk_states(delta, delta_u, A_block, B_op, carry, t0, t1, d0, d1, decay_buffer, state_buffer):
-    """The states of one chunk and channel block, starting from `carry` (the state before `t0`).
-
-    Returns `(decay, states)`: `decay` holds partial products (overwritten by the scan), `states` is `h_t` for
-    `t0 <= t < t1`, both views into the given buffers of shape `(batch, chunk, channels, n)`."""
-    rows, cols = t1 - t0, d1 - d0
-    decay = decay_buffer[:, :rows, :cols]
-    states = state_buffer[:, :rows, :cols]
-    torch.mul(delta[:, t0:t1, d0:d1, None], A_block, out=decay)  # delta_t * A
-    decay.exp_()  # exp(delta_t * A), the discretised decay (zero-order hold)
-    torch.mul(delta_u[:, t0:t1, d0:d1, None], B_op.tile(t0, t1, d0, d1), out=states)  # delta_t * B_t * u_t
-    states[:, 0].addcmul_(decay[:, 0], carry)  # fold the carried state into the first step
-    _linear_scan_(decay, states)
-    return decay, states
 
 
 def _scan_backward(u, delta, A, B, C, grad_y, grad_last_state, chunk_size):
     """Gradients of `_SelectiveScanFunction` w.r.t. `(u, delta, A, B, C)`.
 
     With `G_t = dL/dh_t` (total), the adjoint recurrence runs backwards in time,
-    `G_t = C_t * gy_t + exp(delta_{t+1} A) * G_{t+1}`, and is solved with the same chunked scan in reverse. Per
-    chunk the forward states are recomputed from the chunk-start states of a first forward sweep. Then, with
+    `G_t = C_t gy_t + exp(delta_{t+1} A) G_{t+1}`, and is solved with the same chunked scan in reverse. Per chunk
+    the forward states are recomputed from the chunk-start states of a first forward sweep. Then, with
     `a_t = exp(delta_t A)` and `h_{t-1}` the previous state,
     `dL/d(delta_t A) = G_t a_t h_{t-1}`, `dL/d(delta_t u_t B_t) = G_t`, `dL/dC_t = gy_t h_t`.
     """
     batch, length, dim = u.shape
-    d_state = A.shape[1]
+    d_state = A.shape[0]
     chunk, channels, chunks, blocks = _plan(batch, length, dim, d_state, chunk_size, u.device)
     B_op, C_op = _Operand(B, dim), _Operand(C, dim)
     grad_y = grad_y.contiguous() if grad_y is not None else torch.zeros_like(u)
-    grad_u, grad_delta = torch.zeros_like(u), torch.zeros_like(delta)
+    grad_u, grad_delta = torch.empty_like(u), torch.empty_like(delta)
     grad_A, grad_B, grad_C = torch.zeros_like(A), torch.zeros_like(B), torch.zeros_like(C)
-    buffers = [u.new_empty(batch, chunk, channels, d_state) for _ in range(4)]
-    work_buffer, state_buffer, adjoint_buffer, product_buffer = buffers
-    decay_buffer = u.new_empty(batch, chunk, channels, d_state)
+    buffers = [u.new_empty(batch, chunk, d_state, channels) for _ in range(5)]
+    decay_buffer, work_buffer, state_buffer, adjoint_buffer, scratch_buffer = buffers
     delta_u = delta * u
     for d0, d1 in blocks:
         cols = d1 - d0
-        A_block = A[d0:d1]
+        A_block = A[:, d0:d1]
         # 1. chunk-start states
-        carry = u.new_zeros(batch, cols, d_state)
+        carry = u.new_zeros(batch, d_state, cols)
         chunk_start_states = []
         for t0, t1 in chunks:
             chunk_start_states.append(carry)
-            _, states = _chunk_states(delta, delta_u, A_block, B_op, carry, t0, t1, d0, d1, work_buffer, state_buffer)
+            states = state_buffer[:, : t1 - t0, :, :cols]
+            _chunk_states(
+                delta, delta_u, A_block, B_op.tile(t0, t1, d0, d1), carry, t0, t1, d0, d1,
+                work_buffer[:, : t1 - t0, :, :cols], states,
+            )  # fmt: skip
             carry = states[:, -1].clone()
         # 2. reverse sweep over chunks
         if grad_last_state is not None:
-            adjoint_carry = grad_last_state[:, d0:d1].to(u.dtype)
+            adjoint_carry = grad_last_state[:, :, d0:d1].to(u.dtype)
         else:
-            adjoint_carry = u.new_zeros(batch, cols, d_state)
+            adjoint_carry = u.new_zeros(batch, d_state, cols)
         for (t0, t1), start in zip(reversed(chunks), reversed(chunk_start_states)):
             rows = t1 - t0
-            delta_chunk, u_chunk = delta[:, t0:t1, d0:d1], u[:, t0:t1, d0:d1]
-            gy_chunk = grad_y[:, t0:t1, d0:d1]
-            C_tile = C_op.tile(t0, t1, d0, d1)
-            B_tile = B_op.tile(t0, t1, d0, d1)
-            # decays (kept) and recomputed states
-            decay = decay_buffer[:, :rows, :cols]
-            torch.mul(delta_chunk[..., None], A_block, out=decay)
+            views = [buffer[:, :rows, :, :cols] for buffer in buffers]
+            decay, work, states, adjoint, scratch = views
+            delta_chunk, u_chunk, gy_chunk = (t[:, t0:t1, d0:d1] for t in (delta, u, grad_y))
+            B_tile, C_tile = B_op.tile(t0, t1, d0, d1), C_op.tile(t0, t1, d0, d1)
+            # the decays a_t (kept) and the recomputed states
+            torch.mul(delta_chunk[:, :, None], A_block, out=decay)
             decay.exp_()
-            work = work_buffer[:, :rows, :cols]
             work.copy_(decay)
-            states = state_buffer[:, :rows, :cols]
-            torch.mul(delta_u[:, t0:t1, d0:d1, None], B_tile, out=states)
+            torch.mul(delta_u[:, t0:t1, None, d0:d1], B_tile, out=states)
             states[:, 0].addcmul_(decay[:, 0], start)
             _linear_scan_(work, states)
-            # adjoint: G_t = C_t gy_t + a_{t+1} G_{t+1}, G_{last} also receives the carried adjoint
-            adjoint = adjoint_buffer[:, :rows, :cols]
-            torch.mul(gy_chunk[..., None], C_tile, out=adjoint)
+            # adjoint: G_t = C_t gy_t + a_{t+1} G_{t+1}; the last row also receives the carried adjoint
+            torch.mul(gy_chunk[:, :, None], C_tile, out=adjoint)
             adjoint[:, -1] += adjoint_carry
             work[:, : rows - 1] = decay[:, 1:]  # a_{t+1}
             work[:, rows - 1] = 1.0
             _linear_scan_(work, adjoint, reverse=True)
             adjoint_carry = decay[:, 0] * adjoint[:, 0]  # dL/d(state before the chunk)
-            # dL/d(log-decay) = G_t * a_t * h_{t-1}
-            log_decay_grad = work  # reuse
+            # dL/d(delta_t A) = G_t a_t h_{t-1}
+            log_decay_grad = work
             torch.mul(adjoint[:, 1:], states[:, :-1], out=log_decay_grad[:, 1:])
             torch.mul(adjoint[:, 0], start, out=log_decay_grad[:, 0])
             log_decay_grad.mul_(decay)
-            product = product_buffer[:, :rows, :cols]
-            # through delta_t * A
-            torch.mul(log_decay_grad, A_block, out=product)
-            grad_delta_chunk = product.sum(-1)
-            torch.mul(log_decay_grad, delta_chunk[..., None], out=product)
-            grad_A[d0:d1] += product.sum((0, 1))
-            # through delta_t * u_t * B_t
-            torch.mul(adjoint, B_tile, out=product)
-            adjoint_B = product.sum(-1)
+            torch.mul(log_decay_grad, A_block, out=scratch)
+            grad_delta_chunk = scratch.sum(2)
+            torch.mul(log_decay_grad, delta_chunk[:, :, None], out=scratch)
+            grad_A[:, d0:d1] += scratch.sum((0, 1))
+            # through delta_t u_t B_t, then y_t = C_t . h_t
+            adjoint_B = u.new_empty(batch, rows, cols)
+            B_op.contract(B_tile, adjoint, scratch, adjoint_B)
             grad_delta[:, t0:t1, d0:d1] = grad_delta_chunk.addcmul_(adjoint_B, u_chunk)
-            grad_u[:, t0:t1, d0:d1] = adjoint_B * delta_chunk
-            torch.mul(adjoint, delta_u[:, t0:t1, d0:d1, None], out=product)
-            B_op.accumulate(grad_B, product, t0, t1, d0, d1)
-            # through y_t = C_t . h_t
-            torch.mul(states, gy_chunk[..., None], out=product)
-            C_op.accumulate(grad_C, product, t0, t1, d0, d1)
+            torch.mul(adjoint_B, delta_chunk, out=grad_u[:, t0:t1, d0:d1])
+            B_op.accumulate(grad_B, adjoint, delta_u[:, t0:t1, d0:d1], scratch, t0, t1, d0, d1)
+            C_op.accumulate(grad_C, states, gy_chunk, scratch, t0, t1, d0, d1)
     return grad_u, grad_delta, grad_A, grad_B, grad_C
 
 

@@ -1,0 +1,189 @@
+"""FFTP-AuM efficiency: the pure-PyTorch selective scan against transformers' Mamba slow path, and FFTP-AuM latency
+per Table II patching.
+
+1. One Mamba mixer direction (`FFTPAuMMixer(bimamba_type="none")`) against transformers' `MambaMixer` carrying the
+   same weights, on its PyTorch path (no `mamba_ssm` / `causal_conv1d`: a Python loop over time steps): batch 2,
+   1000 tokens, width 192, d_state 16, expand 2. Forward (no grad) and forward + backward times, fastest of
+   interleaved runs; transformers' forward + backward runs `--hf-backward-repeats` times (1 by default: it takes
+   about a minute on 2 cores). Outputs and input gradients of the two are compared as well.
+2. FFTP-AuM (`--size`, tiny by default: 192 wide, 24 layers, Fo-Bi) forward latency for each Table II patching, as
+   a ratio to the square (1212-patch) configuration, batch `--batch-size`.
+
+Ratios are measured side by side in this process, so they compare across machines; absolute times do not.
+
+    python benchmarks/bench_aum.py [--repeats 5] [--batch-size 1] [--size tiny] [--skip-hf-backward] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+from transformers import MambaConfig
+from transformers.models.mamba.modeling_mamba import MambaMixer
+from transformers.utils import logging as hf_logging
+
+from specpatch.configuration_fftp_aum import FFTPAuMConfig
+from specpatch.configuration_patching import TABLE_II_PRESETS
+from specpatch.modeling_fftp_aum import FFTPAuMForAudioClassification, FFTPAuMMixer
+
+NUM_LABELS = 527
+
+
+def build_mixers(width: int, d_state: int, expand: int) -> tuple[MambaMixer, FFTPAuMMixer]:
+    """transformers' mixer with Mamba's initialisation, and ours carrying the same weights."""
+    config = MambaConfig(hidden_size=width, state_size=d_state, expand=expand, conv_kernel=4, num_hidden_layers=1)
+    theirs = MambaMixer(config, layer_idx=0)
+    ours = FFTPAuMMixer(
+        width, config.intermediate_size, d_state, config.conv_kernel, config.time_step_rank, bimamba_type="none"
+    )
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    return theirs, ours
+
+
+def fastest(functions: dict, repeats: int) -> dict[str, float]:
+    """Fastest wall time of each function, run round-robin (after one warm-up) so that load affects all alike."""
+    times = {name: [] for name in functions}
+    for function in functions.values():
+        function()
+    for _ in range(repeats):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - start)
+    return {name: min(values) for name, values in times.items()}
+
+
+def forward_backward(mixer: torch.nn.Module, inputs: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
+    inputs = inputs.detach().requires_grad_()
+    mixer.zero_grad(set_to_none=True)
+    (mixer(inputs) * grad_output).sum().backward()
+    return inputs.grad
+
+
+def bench_mixer(args) -> dict:
+    torch.manual_seed(0)
+    theirs, ours = build_mixers(args.width, args.d_state, args.expand)
+    inputs = torch.randn(args.mixer_batch, args.tokens, args.width)
+    grad_output = torch.randn_like(inputs)
+    with torch.no_grad():
+        max_diff = (theirs(inputs) - ours(inputs)).abs().max().item()
+
+    def run(mixer):
+        def forward():
+            with torch.no_grad():
+                mixer(inputs)
+
+        return forward
+
+    forward = fastest({"transformers": run(theirs), "specpatch": run(ours)}, args.repeats)
+    ours_fb = fastest({"specpatch": lambda: forward_backward(ours, inputs, grad_output)}, args.repeats)["specpatch"]
+    result = {
+        "shape": f"batch {args.mixer_batch}, {args.tokens} tokens, width {args.width}, d_state {args.d_state}, "
+        f"expand {args.expand}",
+        "forward_s": forward,
+        "forward_ratio": forward["transformers"] / forward["specpatch"],
+        "specpatch_forward_backward_s": ours_fb,
+        "max_abs_output_difference": max_diff,
+    }
+    if not args.skip_hf_backward:
+        hf_times = []
+        for _ in range(args.hf_backward_repeats):
+            start = time.perf_counter()
+            their_grad = forward_backward(theirs, inputs, grad_output)
+            hf_times.append(time.perf_counter() - start)
+        our_grad = forward_backward(ours, inputs, grad_output)
+        result["transformers_forward_backward_s"] = min(hf_times)
+        result["forward_backward_ratio"] = min(hf_times) / ours_fb
+        result["max_abs_input_grad_difference"] = (their_grad - our_grad).abs().max().item()
+    return result
+
+
+def bench_model(args) -> dict:
+    torch.manual_seed(0)
+    models, inputs, patches = {}, {}, {}
+    for name in TABLE_II_PRESETS:
+        config = FFTPAuMConfig.from_size(args.size, preset=name, bimamba_type=args.bimamba_type, num_labels=NUM_LABELS)
+        models[name] = FFTPAuMForAudioClassification(config).eval()
+        inputs[name] = torch.randn(args.batch_size, config.max_length, config.num_mel_bins)
+        patches[name] = config.num_patches
+
+    def run(name):
+        def forward():
+            with torch.inference_mode():
+                models[name](inputs[name])
+
+        return forward
+
+    latency = fastest({name: run(name) for name in models}, args.model_repeats)
+    square = latency["square-1212"]
+    return {
+        name: {"patches": patches[name], "latency_s": latency[name], "ratio_to_square": latency[name] / square}
+        for name in models
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs of each mixer measurement")
+    parser.add_argument("--model-repeats", type=int, default=3, help="timed runs of each FFTP-AuM configuration")
+    parser.add_argument("--hf-backward-repeats", type=int, default=1)
+    parser.add_argument("--skip-hf-backward", action="store_true", help="skip transformers' (slow) backward")
+    parser.add_argument("--skip-model", action="store_true", help="only the mixer comparison")
+    parser.add_argument("--mixer-batch", type=int, default=2)
+    parser.add_argument("--tokens", type=int, default=1000)
+    parser.add_argument("--width", type=int, default=192)
+    parser.add_argument("--d-state", type=int, default=16)
+    parser.add_argument("--expand", type=int, default=2)
+    parser.add_argument("--size", default="tiny", choices=["tiny", "small", "base"])
+    parser.add_argument("--bimamba-type", default="fo-bi", choices=["fo-bi", "bi-bi"])
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+    hf_logging.set_verbosity_error()  # transformers warns that it falls back to its slow path: that is the point
+
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+    )
+    mixer = bench_mixer(args)
+    print(f"\n1. One Mamba direction ({mixer['shape']}), PyTorch paths on CPU")
+    print(f"   outputs agree to {mixer['max_abs_output_difference']:.1e} (max abs difference)")
+    rows = [
+        ("forward", mixer["forward_s"]["transformers"], mixer["forward_s"]["specpatch"], mixer["forward_ratio"], 5),
+    ]
+    if "forward_backward_ratio" in mixer:
+        print(f"   input gradients agree to {mixer['max_abs_input_grad_difference']:.1e}")
+        rows.append(
+            (
+                "forward + backward",
+                mixer["transformers_forward_backward_s"],
+                mixer["specpatch_forward_backward_s"],
+                mixer["forward_backward_ratio"],
+                20,
+            )
+        )
+    print(f"   {'':<20}{'transformers':>14}{'specpatch':>12}{'speed-up':>10}{'target':>8}")
+    for name, hf, ours, ratio, target in rows:
+        print(f"   {name:<20}{hf * 1e3:>11.1f} ms{ours * 1e3:>9.1f} ms{ratio:>9.1f}x{target:>7}x")
+
+    results = {"mixer": mixer}
+    if not args.skip_model:
+        model = bench_model(args)
+        results["model"] = model
+        print(
+            f"\n2. FFTP-AuM-{args.size} ({args.bimamba_type}) forward latency per Table II patching, "
+            f"batch {args.batch_size} (fastest of {args.model_repeats})"
+        )
+        print(f"   {'configuration':<14}{'patches':>8}{'latency':>12}{'vs square':>11}")
+        for name, row in model.items():
+            print(f"   {name:<14}{row['patches']:>8}{row['latency_s'] * 1e3:>9.1f} ms{row['ratio_to_square']:>10.3f}x")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
