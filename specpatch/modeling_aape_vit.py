@@ -79,7 +79,7 @@ class AaPELambdaEncoder(nn.Module):
     bounds them (`SBLU.parameters_from_tokens`).
 
     Being a Transformer, it runs on the visible tokens only during masked pre-training (the paper's reason for the
-    choice), so masked regions cost nothing here.
+    choice), so masked regions cost nothing here and their content does not leak into the visible tokens' kernels.
     """
 
     def __init__(self, config: AaPEViTConfig):
@@ -185,7 +185,10 @@ class AaPEViTEmbeddings(nn.Module):
     def position_embeddings_for(self, grid: tuple[int, int]) -> torch.Tensor:
         """Position embeddings `(1, F * T, D)` for a patch grid: truncated along time for shorter inputs, linearly
         interpolated along time for longer ones, frequency unchanged (Sec. IV-B)."""
-        return resize_patch_position_embeddings(self.position_embeddings, self.grid_size, grid, truncate_time=True)
+        table = self.position_embeddings
+        if self.config.position_embedding_type == "sincos":
+            table = table.detach()  # fixed, whatever `requires_grad` says
+        return resize_patch_position_embeddings(table, self.grid_size, grid, truncate_time=True)
 
     def forward(
         self, input_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None
@@ -229,8 +232,9 @@ class AaPEViTEmbeddings(nn.Module):
             if self.lambda_encoder is not None:
                 raw = self.lambda_encoder(standard + position)  # visible tokens only
                 if visible_index is not None:
-                    # Masked positions get neutral raw values: a token's SBLU output depends on its own decay /
-                    # frequency only (the parameters are constant over the patch), and masked tokens are dropped.
+                    # Masked positions get fixed neutral raw values (0: mid-band frequency, decay softplus(0) +
+                    # alpha_min). Their SBLU tokens are dropped, but they still enter the SBLU's GroupNorm statistics
+                    # (taken over all frames of a frequency patch), so they must not depend on masked content.
                     raw = raw.new_zeros(rows, num_patches, raw.shape[-1]).scatter(
                         1, visible_index[..., None].expand(-1, -1, raw.shape[-1]), raw
                     )
@@ -286,20 +290,22 @@ class AaPEViTPreTrainedModel(PreTrainedModel):
                 )
             else:
                 init.trunc_normal_(module.position_embeddings, std=std)
-        elif isinstance(module, SBLU):
-            # The SBLU's own initialisation (B / C maps, patch averaging, band-spread fixed parameters); the
-            # `torch.nn.init` calls inside are guarded by transformers, so loaded weights are kept.
-            module.reset_parameters()
-        elif isinstance(module, AaPELambdaEncoder):
-            # Start every patch at the non-adaptive SBLU's initial kernels: decay 2 * alpha_min and the H
-            # frequencies spread over the band (raw values: softplus^-1(alpha_min), logit of the bin centres).
-            hidden = self.config.sblu_hidden_channels
-            alpha_min = -math.log(self.config.sblu_attenuation_eps) / ((self.config.sblu_kernel_size - 1) // 2)
-            centres = (torch.arange(hidden, dtype=torch.float64) + 0.5) / hidden
-            bias = torch.cat(
-                [torch.full((hidden,), math.log(math.expm1(alpha_min)), dtype=torch.float64), torch.logit(centres)]
-            )
-            init.copy_(module.output_projection.bias, bias.to(module.output_projection.bias))
+            # Sub-modules without parameters of their own (adaptive SBLU, Lambda encoder) are skipped by
+            # transformers' initialisation of custom code, so the embeddings initialise them here, after their
+            # children got the generic initialisation.
+            if module.sblu is not None:
+                # The SBLU's own scheme (B / C maps, patch averaging, band-spread fixed kernels); its `torch.nn.init`
+                # calls are guarded by transformers, so weights loaded from a checkpoint are kept.
+                module.sblu.reset_parameters()
+            if module.lambda_encoder is not None:
+                # Every patch starts at the non-adaptive SBLU's initial kernels: decay 2 * alpha_min and the H
+                # frequencies spread over the band (raw values softplus^-1(alpha_min) and logit of bin centres).
+                bias = module.lambda_encoder.output_projection.bias
+                hidden = self.config.sblu_hidden_channels
+                alpha_min = module.sblu.decay_min
+                centres = (torch.arange(hidden, dtype=torch.float64) + 0.5) / hidden
+                raw_decay = torch.full((hidden,), math.log(math.expm1(alpha_min)), dtype=torch.float64)
+                init.copy_(bias, torch.cat([raw_decay, torch.logit(centres)]).to(bias))
         elif isinstance(module, AaPEViTPredictor):
             init.trunc_normal_(module.mask_token, std=std)
             if self.config.position_embedding_type == "sincos":
@@ -309,13 +315,22 @@ class AaPEViTPreTrainedModel(PreTrainedModel):
                 )
             else:
                 init.trunc_normal_(module.position_embeddings, std=std)
-        elif isinstance(module, AaPEViTForPreTraining):
-            # Children are initialised first: the teacher starts as an exact copy of the student. `init.copy_` skips
-            # teacher weights loaded from a checkpoint, and copies the loaded student into a teacher that the
-            # checkpoint did not have (e.g. continuing from an encoder-only checkpoint).
-            student = dict(module.aape_vit.named_parameters())
-            for name, parameter in module.teacher.named_parameters():
-                init.copy_(parameter, student[name])
+
+    def _freeze_fixed_parameters(self) -> None:
+        """Fixed sin-cos position embeddings and the EMA teacher never train: `requires_grad=False`."""
+        for module in self.modules():
+            if isinstance(module, AaPEViTTeacher):
+                module.requires_grad_(False)
+            elif isinstance(module, (AaPEViTEmbeddings, AaPEViTPredictor)):
+                module.position_embeddings.requires_grad_(self.config.position_embedding_type == "learned")
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, then fixed parameters are frozen again (loading makes every parameter
+        trainable)."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        (loaded[0] if isinstance(loaded, tuple) else loaded)._freeze_fixed_parameters()
+        return loaded
 
     def get_layer_id(self, name: str) -> int:
         """Layer id of a parameter for layer-wise learning-rate decay (BEiT): 0 for the embeddings (class token,
@@ -578,6 +593,7 @@ class AaPEViTPredictor(nn.Module):
         width = config.predictor_hidden_size
         self.grid_size = config.patch_grid
         self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.learned_positions = config.position_embedding_type == "learned"
         self.position_embeddings = nn.Parameter(
             torch.zeros(1, config.num_patches, width), requires_grad=config.position_embedding_type == "learned"
         )
@@ -587,7 +603,8 @@ class AaPEViTPredictor(nn.Module):
 
     def forward(self, context: torch.Tensor, query_positions: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """`context` `(rows, visible, D)`, `query_positions` `(rows, queries)` token indices -> `(rows, queries, D)`."""
-        position = resize_patch_position_embeddings(self.position_embeddings, self.grid_size, grid, truncate_time=True)
+        table = self.position_embeddings if self.learned_positions else self.position_embeddings.detach()
+        position = resize_patch_position_embeddings(table, self.grid_size, grid, truncate_time=True)
         rows = query_positions.shape[0]
         queries = self.mask_token + _gather_tokens(position.to(context.dtype).expand(rows, -1, -1), query_positions)
         for layer in self.layers:
@@ -709,8 +726,18 @@ class AaPEViTForPreTraining(AaPEViTPreTrainedModel):
         self.utterance_projection = nn.Linear(config.hidden_size, config.hidden_size)
         self.contrastive_head = AaPEContrastiveHead(config)
         self.post_init()
-        self.teacher.requires_grad_(False)
+        self._freeze_fixed_parameters()
         self.teacher.eval()
+
+    @torch.no_grad()
+    def initialize_weights(self):
+        """Initialises what was not loaded, then makes the teacher an exact copy of the student. `init.copy_` skips
+        teacher weights loaded from a checkpoint and copies the (loaded) student into a teacher that the checkpoint
+        did not have, e.g. when pre-training continues from an encoder-only checkpoint."""
+        super().initialize_weights()
+        student = dict(self.aape_vit.named_parameters())
+        for name, parameter in self.teacher.named_parameters():
+            init.copy_(parameter, student[name])
 
     def train(self, mode: bool = True):
         """The teacher always runs in evaluation mode (no dropout / drop path), whatever the student does."""
