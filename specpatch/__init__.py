@@ -10,11 +10,12 @@ is not installed.
 
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForAudioClassification
 
-from .augmentation import SpecAugment, SpecMask, WaveformMixup
+from .augmentation import SpecAugment, SpecMask, WaveformMixup, spec_mask_reference
 from .configuration_fftp_ast import FFTPASTConfig
 from .feature_extraction_specpatch import SpecPatchFeatureExtractor
 from .modeling_fftp_ast import FFTPASTForAudioClassification, FFTPASTModel, FFTPASTPreTrainedModel
 from .pipeline_audio_classification import SpecPatchAudioClassificationPipeline, register_pipeline
+from .sblu import SBLU, ZeroPhaseHighPass, sblu_conv, zero_phase_highpass
 
 __version__ = "0.1.0"
 
@@ -45,9 +46,14 @@ __all__ = [
     "FFTPASTForAudioClassification",
     "FFTPASTModel",
     "FFTPASTPreTrainedModel",
+    "SBLU",
     "SpecAugment",
     "SpecMask",
     "SpecPatchAudioClassificationPipeline",
     "SpecPatchFeatureExtractor",
     "WaveformMixup",
+    "ZeroPhaseHighPass",
+    "sblu_conv",
+    "spec_mask_reference",
+    "zero_phase_highpass",
 ]
