@@ -41,6 +41,7 @@ import torch.nn.functional as F
 # The CPU budget keeps a tile's buffers in cache; on GPUs larger tiles mean fewer kernel launches.
 _MAX_TILE_ELEMENTS = {"cpu": 2**21, "cuda": 2**26}
 _DEFAULT_CHUNK_SIZE = {"cpu": 64, "cuda": 128}
+_LOG2_E = 1.4426950408889634
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -205,8 +206,13 @@ def causal_conv1d(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, activation: str | None = None
 ) -> torch.Tensor:
     """Depthwise causal convolution with `causal_conv1d_fn`'s interface: `x` `(batch, dim, length)`, `weight`
-    `(dim, width)`, `bias` `(dim,)`, `activation` None, `"silu"` or `"swish"`. Uses the `causal_conv1d` CUDA kernel
-    when it is installed and `x` is on a GPU, else `torch.nn.functional.conv1d` with left padding."""
+    `(dim, width)`, `bias` `(dim,)`, `activation` None, `"silu"` or `"swish"`:
+    `out[:, d, t] = bias[d] + sum_k weight[d, k] * x[:, d, t - (width - 1) + k]` (zero before the start).
+
+    Uses the `causal_conv1d` CUDA kernel when it is installed and `x` is on a GPU. Otherwise the `width` taps are
+    accumulated as shifted multiply-adds, which keep `x`'s memory layout: a `(batch, dim, length)` view of
+    `(batch, length, dim)` data (as a Mamba mixer has it) is convolved without transposing copies.
+    """
     if activation not in (None, "silu", "swish"):
         raise ValueError(f"`activation` must be None, 'silu' or 'swish', got {activation!r}.")
     if x.ndim != 3 or weight.ndim != 2 or weight.shape[0] != x.shape[1]:
@@ -217,11 +223,15 @@ def causal_conv1d(
         kernel = _causal_conv1d_fn()
         if kernel is not None:
             return kernel(x.contiguous(), weight.contiguous(), bias, activation=activation)
-    out = F.conv1d(x.to(weight.dtype), weight[:, None], bias, padding=weight.shape[1] - 1, groups=x.shape[1])
-    out = out[..., : x.shape[-1]]
-    if activation is not None:
-        out = F.silu(out)
-    return out.to(x.dtype)
+    width = weight.shape[1]
+    weight = weight.to(x.dtype)
+    if bias is not None:  # the output takes x's layout
+        out = torch.addcmul(bias.to(x.dtype)[:, None], x, weight[:, width - 1 :])
+    else:
+        out = x * weight[:, width - 1 :]
+    for lag in range(1, min(width, x.shape[-1] + 1)):
+        out[..., lag:].addcmul_(x[..., :-lag], weight[:, width - 1 - lag, None])
+    return F.silu(out) if activation is not None else out
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -386,12 +396,18 @@ class _SelectiveScanFunction(torch.autograd.Function):
         return tuple(g if needs[i] else None for i, g in enumerate(grads)) + (None,)
 
 
-def _chunk_states(delta, delta_u, A_block, B_tile, carry, t0, t1, d0, d1, decay, states):
+def _discretised_decay(delta_chunk, A2_block, out):
+    """`exp(delta_t A)`, the zero-order-hold discretisation of `A`, computed as `exp2(delta_t * A log2(e))` with
+    `A2_block = A log2(e)` precomputed: `exp2` is about twice as fast as `exp` on CPU."""
+    torch.mul(delta_chunk[:, :, None], A2_block, out=out)
+    out.exp2_()
+
+
+def _chunk_states(delta, delta_u, A2_block, B_tile, carry, t0, t1, d0, d1, decay, states):
     """Fills `decay` with `exp(delta_t A)` and solves the states of one chunk and channel block into `states`
     (both `(batch, chunk, n, channels)` views), starting from `carry`, the state before `t0`. The scan overwrites
     `decay` with partial products."""
-    torch.mul(delta[:, t0:t1, None, d0:d1], A_block, out=decay)  # delta_t * A
-    decay.exp_()  # exp(delta_t A): the zero-order-hold discretisation of A
+    _discretised_decay(delta[:, t0:t1, d0:d1], A2_block, decay)
     torch.mul(delta_u[:, t0:t1, None, d0:d1], B_tile, out=states)  # delta_t * B_t * u_t
     states[:, 0].addcmul_(decay[:, 0], carry)  # fold the carried state into the first step
     _linear_scan_(decay, states)
@@ -406,13 +422,14 @@ def _scan_forward(u, delta, A, B, C, chunk_size):
     last_state = u.new_empty(batch, d_state, dim)
     decay_buffer, state_buffer, scratch_buffer = (u.new_empty(batch, chunk, d_state, channels) for _ in range(3))
     delta_u = delta * u
+    A2 = A * _LOG2_E
     for d0, d1 in blocks:
         carry = u.new_zeros(batch, d_state, d1 - d0)
         for t0, t1 in chunks:
             rows, cols = t1 - t0, d1 - d0
             states = state_buffer[:, :rows, :, :cols]
             _chunk_states(
-                delta, delta_u, A[:, d0:d1], B_op.tile(t0, t1, d0, d1), carry, t0, t1, d0, d1,
+                delta, delta_u, A2[:, d0:d1], B_op.tile(t0, t1, d0, d1), carry, t0, t1, d0, d1,
                 decay_buffer[:, :rows, :, :cols], states,
             )  # fmt: skip
             carry = states[:, -1].clone()  # the buffers are overwritten by the next chunk
@@ -440,9 +457,10 @@ def _scan_backward(u, delta, A, B, C, grad_y, grad_last_state, chunk_size):
     buffers = [u.new_empty(batch, chunk, d_state, channels) for _ in range(5)]
     decay_buffer, work_buffer, state_buffer, adjoint_buffer, scratch_buffer = buffers
     delta_u = delta * u
+    A2 = A * _LOG2_E
     for d0, d1 in blocks:
         cols = d1 - d0
-        A_block = A[:, d0:d1]
+        A_block, A2_block = A[:, d0:d1], A2[:, d0:d1]
         # 1. chunk-start states
         carry = u.new_zeros(batch, d_state, cols)
         chunk_start_states = []
@@ -450,7 +468,7 @@ def _scan_backward(u, delta, A, B, C, grad_y, grad_last_state, chunk_size):
             chunk_start_states.append(carry)
             states = state_buffer[:, : t1 - t0, :, :cols]
             _chunk_states(
-                delta, delta_u, A_block, B_op.tile(t0, t1, d0, d1), carry, t0, t1, d0, d1,
+                delta, delta_u, A2_block, B_op.tile(t0, t1, d0, d1), carry, t0, t1, d0, d1,
                 work_buffer[:, : t1 - t0, :, :cols], states,
             )  # fmt: skip
             carry = states[:, -1].clone()
@@ -466,8 +484,7 @@ def _scan_backward(u, delta, A, B, C, grad_y, grad_last_state, chunk_size):
             delta_chunk, u_chunk, gy_chunk = (t[:, t0:t1, d0:d1] for t in (delta, u, grad_y))
             B_tile, C_tile = B_op.tile(t0, t1, d0, d1), C_op.tile(t0, t1, d0, d1)
             # the decays a_t (kept) and the recomputed states
-            torch.mul(delta_chunk[:, :, None], A_block, out=decay)
-            decay.exp_()
+            _discretised_decay(delta_chunk, A2_block, decay)
             work.copy_(decay)
             torch.mul(delta_u[:, t0:t1, None, d0:d1], B_tile, out=states)
             states[:, 0].addcmul_(decay[:, 0], start)

@@ -182,12 +182,19 @@ def test_kernel_availability_is_reported_and_cached():
     assert ss._mamba_ssm_selective_scan_fn() is ss._mamba_ssm_selective_scan_fn()
 
 
-def test_causal_conv1d_matches_explicit_sum():
-    x, weight, bias = torch.randn(2, 3, 10), torch.randn(3, 4), torch.randn(3)
+@pytest.mark.parametrize("length", [10, 2])  # 2: shorter than the kernel
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_causal_conv1d_matches_explicit_sum(length, channels_last):
+    x = torch.randn(2, length, 3).transpose(1, 2) if channels_last else torch.randn(2, 3, length)
+    weight, bias = torch.randn(3, 4), torch.randn(3)
     padded = F.pad(x, (3, 0))
-    expected = sum(weight[:, k, None] * padded[:, :, k : k + 10] for k in range(4)) + bias[:, None]
+    expected = sum(weight[:, k, None] * padded[:, :, k : k + length] for k in range(4)) + bias[:, None]
     torch.testing.assert_close(causal_conv1d(x, weight, bias), expected)
+    torch.testing.assert_close(causal_conv1d(x, weight, None), expected - bias[:, None])
     torch.testing.assert_close(causal_conv1d(x, weight, bias, activation="silu"), F.silu(expected))
+    torch.testing.assert_close(
+        causal_conv1d(x, weight, bias), F.conv1d(x, weight[:, None], bias, padding=3, groups=3)[..., :length]
+    )
 
 
 @pytest.mark.parametrize(
