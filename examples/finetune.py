@@ -368,7 +368,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--record_example_ids", action="store_true", help=argparse.SUPPRESS)  # tests: log rows seen
     args = p.parse_args(argv)
 
-    recipe = RECIPES[args.recipe]
+    recipe = dict(RECIPES[args.recipe])
+    if args.dataset_name is not None and args.dataset_name != recipe.get("dataset_name"):
+        recipe.pop("dataset_config_name", None)  # the recipe's config name belongs to the recipe's dataset
     for key, fallback in DEFAULTS.items():
         if getattr(args, key, None) is None:
             setattr(args, key, recipe.get(key, fallback))
@@ -625,6 +627,15 @@ def evaluate(model, loader, extractor, accelerator, device) -> tuple[dict, np.nd
     return classification_metrics(all_logits, all_labels, multi_label), all_logits, all_labels, total_skipped
 
 
+def cpu_distributed() -> bool:
+    """True when several processes were launched (torchrun / `accelerate launch --multi_gpu`) on a machine without
+    an accelerator: accelerate then needs `cpu=True` to join them with gloo instead of running each one alone.
+    (`accelerate launch --cpu --num_processes N` starts a single process unless MPI is set up.)"""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    has_accelerator = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+    return world_size > 1 and not has_accelerator
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.list_recipes:
@@ -637,6 +648,7 @@ def main(argv=None) -> dict:
     from tqdm.auto import tqdm
 
     accelerator = Accelerator(
+        cpu=cpu_distributed(),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
@@ -779,14 +791,16 @@ def main(argv=None) -> dict:
                 state.extra["skip_events"] += len(events)
                 skipped_rows.update(events)
             if args.record_example_ids:
-                seen_rows.extend(batch["index"].tolist())
+                seen_rows.extend(batch["index"].tolist() + events)
             generator = step_generator(args.seed, accelerator.process_index, micro_step)
             micro_step += 1
             with accelerator.accumulate(model):
                 waveforms, lengths, labels = batch["waveforms"], batch["lengths"], batch["labels"]
                 if waveforms.shape[0] == 0:
-                    # Every clip of the micro-batch was corrupt: a zero loss keeps the processes in step.
-                    loss = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+                    # Every clip of the micro-batch was corrupt: a zero loss through a real forward pass keeps the
+                    # processes in step (DDP's gradient all-reduce needs a forward and a backward on every process).
+                    silence = torch.zeros(1, extractor.max_length, extractor.num_mel_bins, device=device)
+                    loss = model(input_values=silence).logits.float().sum() * 0.0
                 else:
                     targets = labels
                     if mixup is not None and waveforms.shape[0] > 1:
@@ -839,7 +853,7 @@ def main(argv=None) -> dict:
     final_metrics = run_eval("final") or {}
     all_skipped = sorted({r for part in gather_object([sorted(skipped_rows)]) for r in part})
     skip_events = int(accelerator.gather(torch.tensor([state.extra["skip_events"]], device=device)).sum())
-    if skip_events:
+    if skip_events and accelerator.is_main_process:
         logger.warning("Skipped %d corrupt or empty training clip reads (%d distinct rows).", skip_events,
                        len([r for r in all_skipped if r >= 0]) or skip_events)
     if args.record_example_ids:
@@ -869,6 +883,8 @@ def main(argv=None) -> dict:
         logger.info("Saved the model and feature extractor to %s", args.output_dir)
         if not args.no_pipeline_demo and data.evaluation is not None:
             results["pipeline_demo"] = pipeline_demo(args, data)
+        summary = ", ".join(f"{k} {results[k]:.4f}" for k in ("eval_mAP", "eval_accuracy") if k in results)
+        print(f"\nDone in {time.time() - start_time:.0f} s: {summary or 'no evaluation split'}; model in {args.output_dir}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return results
@@ -901,7 +917,4 @@ def pipeline_demo(args, data) -> dict | None:
 
 
 if __name__ == "__main__":
-    outcome = main()
-    if outcome and "eval_mAP" in outcome:
-        print(f"\nHeld-out mAP: {outcome['eval_mAP']:.4f}" + (
-            f", accuracy: {outcome['eval_accuracy']:.4f}" if "eval_accuracy" in outcome else ""))
+    main()
