@@ -40,7 +40,7 @@ from .modeling_layers import (
     multi_head_attention,
     resize_patch_position_embeddings,
 )
-from .sblu import SBLU
+from .sblu import SBLU, ZeroPhaseHighPass, design_highpass_taps
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Position embeddings
@@ -306,6 +306,9 @@ class AaPEViTPreTrainedModel(PreTrainedModel):
                 centres = (torch.arange(hidden, dtype=torch.float64) + 0.5) / hidden
                 raw_decay = torch.full((hidden,), math.log(math.expm1(alpha_min)), dtype=torch.float64)
                 init.copy_(bias, torch.cat([raw_decay, torch.logit(centres)]).to(bias))
+        elif isinstance(module, ZeroPhaseHighPass):
+            # Non-persistent buffer: not in checkpoints, so it must be rebuilt when a model is loaded on meta device.
+            init.copy_(module.taps, torch.as_tensor(design_highpass_taps(module.cutoff, module.num_taps)))
         elif isinstance(module, AaPEViTPredictor):
             init.trunc_normal_(module.mask_token, std=std)
             if self.config.position_embedding_type == "sincos":

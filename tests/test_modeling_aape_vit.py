@@ -311,3 +311,14 @@ def test_teacher_starts_as_a_copy_of_the_student_also_from_an_encoder_checkpoint
     encoder = classifier.aape_vit.state_dict()
     for name, value in continued.teacher.state_dict().items():
         torch.testing.assert_close(value, encoder[name], rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("kind", PATCH_EMBEDDING_TYPES)
+def test_save_and_load_give_identical_logits(tmp_path, kind):
+    # Loading builds the model on the meta device: non-persistent buffers (the SBLU high-pass taps) must be rebuilt.
+    model = AaPEViTForAudioClassification(tiny(patch_embedding_type=kind, num_labels=3)).eval()
+    model.save_pretrained(tmp_path)
+    reloaded = AaPEViTForAudioClassification.from_pretrained(tmp_path).eval()
+    inputs = torch.randn(2, 64, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(inputs).logits, model(inputs).logits, rtol=0, atol=0)
