@@ -8,20 +8,38 @@ installs a torchaudio-free implementation of the `"audio-classification"` pipeli
 is not installed.
 """
 
-from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForAudioClassification
+from transformers import (
+    AutoConfig,
+    AutoFeatureExtractor,
+    AutoModel,
+    AutoModelForAudioClassification,
+    AutoModelForPreTraining,
+)
 
 from .augmentation import SpecAugment, SpecMask, WaveformMixup, spec_mask_reference
+from .configuration_aape_vit import AaPEViTConfig
 from .configuration_fftp_ast import FFTPASTConfig
+from .configuration_fftp_aum import FFTPAuMConfig
 from .feature_extraction_specpatch import SpecPatchFeatureExtractor
+from .modeling_aape_vit import (
+    AaPEViTForAudioClassification,
+    AaPEViTForPreTraining,
+    AaPEViTModel,
+    AaPEViTPreTrainedModel,
+)
 from .modeling_fftp_ast import FFTPASTForAudioClassification, FFTPASTModel, FFTPASTPreTrainedModel
+from .modeling_fftp_aum import FFTPAuMForAudioClassification, FFTPAuMModel, FFTPAuMPreTrainedModel
 from .pipeline_audio_classification import SpecPatchAudioClassificationPipeline, register_pipeline
 from .sblu import SBLU, ZeroPhaseHighPass, sblu_conv, zero_phase_highpass
+from .selective_scan import selective_scan
 
 __version__ = "0.1.0"
 
 _MODELS = (
     # (model_type, config, base model, audio-classification model)
     ("fftp_ast", FFTPASTConfig, FFTPASTModel, FFTPASTForAudioClassification),
+    ("fftp_aum", FFTPAuMConfig, FFTPAuMModel, FFTPAuMForAudioClassification),
+    ("aape_vit", AaPEViTConfig, AaPEViTModel, AaPEViTForAudioClassification),
 )
 
 
@@ -35,6 +53,8 @@ def _register() -> None:
         config_class.register_for_auto_class()
         base_model_class.register_for_auto_class("AutoModel")
         classification_class.register_for_auto_class("AutoModelForAudioClassification")
+    AutoModelForPreTraining.register(AaPEViTConfig, AaPEViTForPreTraining, exist_ok=True)
+    AaPEViTForPreTraining.register_for_auto_class("AutoModelForPreTraining")
     SpecPatchFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
     register_pipeline()
 
@@ -42,10 +62,19 @@ def _register() -> None:
 _register()
 
 __all__ = [
+    "AaPEViTConfig",
+    "AaPEViTForAudioClassification",
+    "AaPEViTForPreTraining",
+    "AaPEViTModel",
+    "AaPEViTPreTrainedModel",
     "FFTPASTConfig",
     "FFTPASTForAudioClassification",
     "FFTPASTModel",
     "FFTPASTPreTrainedModel",
+    "FFTPAuMConfig",
+    "FFTPAuMForAudioClassification",
+    "FFTPAuMModel",
+    "FFTPAuMPreTrainedModel",
     "SBLU",
     "SpecAugment",
     "SpecMask",
@@ -54,6 +83,7 @@ __all__ = [
     "WaveformMixup",
     "ZeroPhaseHighPass",
     "sblu_conv",
+    "selective_scan",
     "spec_mask_reference",
     "zero_phase_highpass",
 ]

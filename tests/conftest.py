@@ -19,7 +19,32 @@ TINY_CONFIGS: dict[str, callable] = {
         time_stride=4,
         **kw,
     ),
+    "fftp_aum": lambda **kw: specpatch.FFTPAuMConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        max_length=64,
+        time_stride=4,
+        **kw,
+    ),
+    "aape_vit": lambda **kw: specpatch.AaPEViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_length=64,
+        sblu_hidden_channels=4,
+        sblu_kernel_size=15,
+        sblu_output_dim=16,
+        lambda_hidden_size=16,
+        lambda_num_layers=1,
+        lambda_num_attention_heads=2,
+        lambda_intermediate_size=32,
+        **kw,
+    ),
 }
+
+# The feature extractor front end each model is trained with (AaPE: log-mel, Sec. IV-B; FFTP: AST's kaldi fbank).
+FRONTENDS = {"fftp_ast": "kaldi", "fftp_aum": "kaldi", "aape_vit": "logmel"}
 
 
 @pytest.fixture(autouse=True)

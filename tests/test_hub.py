@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from conftest import TINY_CONFIGS, tiny_config
+from conftest import FRONTENDS, TINY_CONFIGS, tiny_config
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForAudioClassification, pipeline
 
 from specpatch import SpecPatchFeatureExtractor
@@ -25,7 +25,9 @@ def _save_checkpoint(directory, model_type, **config_kwargs):
     config = tiny_config(model_type, id2label=LABELS, label2id={v: k for k, v in LABELS.items()}, **config_kwargs)
     model = AutoModelForAudioClassification.from_config(config).eval()
     model.save_pretrained(directory)
-    SpecPatchFeatureExtractor(max_length=config.max_length).save_pretrained(directory)
+    SpecPatchFeatureExtractor(max_length=config.max_length, frontend=FRONTENDS[model_type]).save_pretrained(
+        directory
+    )
     return model
 
 
