@@ -7,7 +7,7 @@ graph. Each extractor runs `--repeats` times, interleaved, and the fastest run o
 the figure least disturbed by other load on the machine), with the speed-up ratio and the largest absolute
 difference between the two outputs. The AaPE log-mel front end is timed too.
 
-    python benchmarks/bench_features.py [--repeats 3] [--batch-size 32] [--seconds 10]
+    python benchmarks/bench_features.py [--repeats 5] [--batch-size 32] [--seconds 10]
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def time_call(fn) -> tuple[float, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()

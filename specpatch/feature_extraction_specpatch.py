@@ -21,7 +21,8 @@ the device of the input tensor:
   to transformers' `ASTFeatureExtractor` (its numpy path, `torchaudio.compliance.kaldi.fbank` settings): 25 ms
   symmetric Hann ("hanning") window, 10 ms shift, `snip_edges` framing, per-frame DC removal, pre-emphasis 0.97,
   FFT size rounded up to a power of two, power spectrum, 128 triangular filters on Kaldi's mel scale from 20 Hz to
-  Nyquist, `log(max(mel, float32 eps))`, no dither, no energy term. Normalised with `(x - mean) / (2 * std)`.
+  Nyquist, `log(max(mel, float32 eps))`, no dither, no energy term (so `htk_compat=True` changes nothing; and AST's
+  removal of the waveform mean is a no-op after the per-frame DC removal). Normalised with `(x - mean) / (2 * std)`.
 - `"logmel"`: the log-mel spectrogram of AaPE (aape.txt Sec. IV): 400-sample Hann window, hop 160, n_fft 1024,
   128 mel bins, `log(mel + eps)`, standardised with `(x - mean) / std`. The unstated details follow
   `torchaudio.transforms.MelSpectrogram`'s defaults, the usual choice of the works AaPE follows (ATST, M2D):
@@ -83,6 +84,10 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
     - a 3-D array/tensor: a batch of multi-channel clips `(batch, channels, samples)`, downmixed to mono;
     - a list/tuple of arrays/tensors (lengths may differ): each item is a clip, `(samples,)` mono or
       `(channels, samples)` multi-channel (downmixed). Wrap a single multi-channel clip in a list.
+
+    Every clip needs at least `win_length` samples (25 ms). Values are used as given (integer PCM is not rescaled,
+    as in `ASTFeatureExtractor`). Framing, window and FFT run in float64 in cache-sized chunks of frames (see
+    `_log_mel`), the mel projection and the output in float32.
 
     Args:
         feature_size (`int`, *optional*, defaults to 1):
