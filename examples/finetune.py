@@ -306,6 +306,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--data_dir")
     g.add_argument("--data_files", nargs="+")
     g.add_argument("--cache_dir", help="datasets cache folder.")
+    g.add_argument("--builtin_sizes", help='Clips in the built-in train and test splits, e.g. "1200,300".')
     g.add_argument("--streaming", action="store_true", help="Stream the dataset instead of downloading it.")
     g.add_argument("--shuffle_buffer_size", type=int, default=1000, help="Streaming shuffle buffer (rows).")
     g.add_argument("--train_split", default="train")
@@ -469,8 +470,12 @@ class Data:
         self.args = args
         if args.dataset_name is None:
             raise ValueError(f"Recipe {args.recipe!r} needs --dataset_name (a hub id or a local folder).")
+        builtin_sizes = None
+        if args.builtin_sizes:
+            train_size, test_size = (int(v) for v in args.builtin_sizes.split(","))
+            builtin_sizes = {"train": train_size, "test": test_size}
         spec = DatasetSpec(args.dataset_name, args.dataset_config_name, args.data_dir, args.data_files,
-                           args.streaming, args.cache_dir)
+                           args.streaming, args.cache_dir, builtin_sizes=builtin_sizes)
         with accelerator.main_process_first():  # download / prepare once, then every process reads the cache
             dataset, self.audio_column = load_audio_dataset(spec, args.audio_column)
         if args.train_split not in dataset:

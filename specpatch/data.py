@@ -304,6 +304,7 @@ class DatasetSpec:
     streaming: bool = False
     cache_dir: str | None = None
     revision: str | None = None
+    builtin_sizes: dict[str, int] | None = None  # clips per split of the built-in dataset (default 1200 / 300)
 
 
 def load_audio_dataset(spec: DatasetSpec, audio_column: str | None = None):
@@ -319,7 +320,7 @@ def load_audio_dataset(spec: DatasetSpec, audio_column: str | None = None):
     if spec.name == BUILTIN_DATASET:
         from .builtin_dataset import builtin_dataset_dir
 
-        path, kwargs = builtin_dataset_dir(), {}
+        path, kwargs = builtin_dataset_dir(sizes=spec.builtin_sizes), {}
     else:
         path = spec.name
         kwargs = {"data_dir": spec.data_dir, "data_files": spec.data_files, "revision": spec.revision}

@@ -1,0 +1,174 @@
+# Copyright 2026 The specpatch authors. Licensed under the Apache License, Version 2.0.
+"""End-to-end runs of the example scripts on tiny local datasets in AudioSet's and ESC-50's hub schemas (FLAC bytes
+in parquet, one corrupt clip each), a tiny FFTP-AST and a few steps: single process, streaming, two processes with
+`accelerate launch` (disjoint data, resume to the same weights), and the linear probe with cross-validation."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from dataset_factories import AUDIOSET_SUBSET, make_audioset_parquet, make_esc50_parquet
+from safetensors.torch import load_file
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FINETUNE = os.path.join(REPO, "examples", "finetune.py")
+LINEAR_PROBE = os.path.join(REPO, "examples", "linear_probe.py")
+TINY = json.dumps(
+    {
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+        "patch_size": [128, 8],
+        "time_stride": 4,
+    }
+)
+# 64 frames (0.65 s) per clip; SpecMask scaled to it (20 % of 128 x 64 cells, masks up to 16 frames wide).
+TINY_ARGS = ["--config_overrides", TINY, "--max_length", "64", "--num_workers", "0", "--seed", "3"]
+AUDIOSET_ARGS = ["--recipe", "fftp-audioset", "--specmask_budget", "1600", "--specmask_max_width", "16"]
+
+
+def run(command: list[str], tmp_path, timeout: int = 240, extra_env: dict | None = None) -> str:
+    env = dict(os.environ)
+    env.update(
+        {
+            "HF_DATASETS_CACHE": str(tmp_path / "hf_cache"),
+            "HF_HUB_OFFLINE": "1",
+            "SPECPATCH_CACHE": str(tmp_path / "specpatch_cache"),
+            "PYTHONPATH": REPO + os.pathsep + env.get("PYTHONPATH", ""),
+            "OMP_NUM_THREADS": "1",
+        }
+    )
+    env.update(extra_env or {})
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(tmp_path))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    return output
+
+
+@pytest.fixture(scope="module")
+def audioset_dir(tmp_path_factory):
+    return make_audioset_parquet(str(tmp_path_factory.mktemp("audioset")), num_train=8, num_test=4)
+
+
+@pytest.fixture(scope="module")
+def esc50_dir(tmp_path_factory):
+    return make_esc50_parquet(str(tmp_path_factory.mktemp("esc50")), folds=(1, 2), corrupt_rows=(1,))
+
+
+def test_finetune_audioset_schema_end_to_end(audioset_dir, tmp_path):
+    out = tmp_path / "run"
+    output = run(
+        [sys.executable, FINETUNE, *AUDIOSET_ARGS, *TINY_ARGS, "--dataset_name", audioset_dir, "--batch_size", "4",
+         "--max_train_steps", "3", "--checkpointing_steps", "2", "--output_dir", str(out)],
+        tmp_path,
+    )
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["global_step"] == 3
+    assert results["train_skipped_rows"] == [3]  # the corrupt clip, skipped (and counted) every time it is drawn
+    assert results["train_skipped_clip_reads"] >= 1 and "corrupt" in output
+    assert 0.0 <= results["eval_mAP"] <= 1.0
+    assert os.path.isdir(out / "checkpoints" / "step_00000002")
+    config = json.loads((out / "config.json").read_text())
+    assert config["problem_type"] == "multi_label_classification"
+    assert len(config["id2label"]) == 527 and config["id2label"]["0"] == "Speech"
+    assert json.loads((out / "preprocessor_config.json").read_text())["max_length"] == 64
+
+    # The saved folder works in the audio-classification pipeline and answers with AudioSet names.
+    from transformers import pipeline
+
+    import specpatch  # noqa: F401
+
+    classifier = pipeline("audio-classification", model=str(out))
+    predictions = classifier(str(out / "example.flac"), top_k=3)
+    assert len(predictions) == 3 and all(p["label"] in config["id2label"].values() for p in predictions)
+    assert "Pipeline on" in output and any(name in output for _, name in AUDIOSET_SUBSET)
+
+
+def test_finetune_streaming_and_resume(audioset_dir, tmp_path):
+    out = tmp_path / "stream"
+    common = [sys.executable, FINETUNE, *AUDIOSET_ARGS, *TINY_ARGS, "--dataset_name", audioset_dir, "--streaming",
+              "--batch_size", "2", "--max_train_steps", "3", "--checkpointing_steps", "2", "--no_pipeline_demo",
+              "--output_dir", str(out)]
+    run(common, tmp_path)
+    assert json.loads((out / "all_results.json").read_text())["global_step"] == 3
+    # --resume picks the latest checkpoint (step 2) and runs the remaining step.
+    output = run([*common, "--resume", "--max_train_steps", "4"], tmp_path)
+    assert "Resumed from" in output and "step_00000002" in output
+    assert json.loads((out / "all_results.json").read_text())["global_step"] == 4
+
+
+def test_finetune_builtin_recipe_quick(tmp_path):
+    """The README main job's code path (built-in dataset, pipeline demo), with a tiny dataset and model."""
+    out = tmp_path / "builtin"
+    output = run(
+        [sys.executable, FINETUNE, "--builtin_sizes", "24,8", "--num_epochs", "1", "--batch_size", "8",
+         "--config_overrides", TINY, "--num_workers", "0", "--output_dir", str(out)],
+        tmp_path,
+    )
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["global_step"] == 3 and 0.0 < results["eval_mAP"] <= 1.0
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"]["0"] == "hum" and config["problem_type"] == "multi_label_classification"
+    assert "Pipeline on" in output and "Done in" in output
+
+
+def test_finetune_esc50_fold_and_linear_probe(esc50_dir, tmp_path):
+    out = tmp_path / "esc"
+    output = run(
+        [sys.executable, FINETUNE, "--recipe", "aape-esc50", "--model_type", "fftp_ast", *TINY_ARGS,
+         "--dataset_name", esc50_dir, "--batch_size", "4", "--max_train_steps", "2", "--checkpointing_steps", "0",
+         "--no_pipeline_demo", "--output_dir", str(out)],
+        tmp_path,
+    )
+    results = json.loads((out / "all_results.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert config["problem_type"] == "single_label_classification"
+    assert [config["id2label"][str(i)] for i in range(3)] == ["dog", "rooster", "rain"]
+    assert "eval_accuracy" in results and results["eval_skipped_clips"] == 1  # row 1 (fold 1) is corrupt
+    assert "holding out fold" not in output  # the recipe names fold 1 explicitly
+
+    probe = tmp_path / "probe"
+    command = [sys.executable, LINEAR_PROBE, "--model_name_or_path", str(out), "--dataset_name", esc50_dir,
+               "--steps", "30", "--num_workers", "0", "--output_dir", str(probe)]
+    run(command, tmp_path)
+    probe_results = json.loads((probe / "probe_results.json").read_text())
+    assert sorted(probe_results["folds"]) == ["1", "2"]  # 2-fold cross-validation over the `fold` column
+    assert probe_results["metric"] == "accuracy" and probe_results["skipped_clips"] == 1
+    assert probe_results["feature_dim"] == 64  # pooled token (32) + mean of the tokens (32)
+    assert probe_results["num_clips"] == 11
+    # --resume reuses the cached features and the finished folds.
+    output = run([*command, "--resume"], tmp_path)
+    assert "Loaded cached train features" in output and "already done" in output
+
+
+def test_accelerate_two_processes_disjoint_data_and_exact_resume(audioset_dir, tmp_path):
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", FINETUNE]
+    # 8 training rows, 1 per process and step: 4 steps per epoch; 6 steps with a checkpoint every 2, so the resumed
+    # run restarts mid-epoch (step 2 of 4). EMA, layer decay, mixup and SpecMask are all on.
+    common = [*AUDIOSET_ARGS, *TINY_ARGS, "--dataset_name", audioset_dir, "--batch_size", "2", "--max_train_steps", "6",
+              "--checkpointing_steps", "2", "--checkpoints_total_limit", "5", "--balanced_sampling", "false",
+              "--ema_decay", "0.9", "--layer_decay", "0.8", "--warmup_steps", "2", "--no_pipeline_demo",
+              "--record_example_ids"]
+    cpu = {"ACCELERATE_USE_CPU": "true"}
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    run([*launch, *common, "--output_dir", str(full)], tmp_path, extra_env=cpu)
+    results = json.loads((full / "all_results.json").read_text())
+    assert results["num_processes"] == 2 and results["global_step"] == 6
+    seen = [json.loads((full / f"seen_rows_rank{r}.json").read_text()) for r in range(2)]
+    # First epoch: 4 rows per process, disjoint, together every training row (the corrupt row 3 included).
+    assert set(seen[0][:4]).isdisjoint(seen[1][:4]) and sorted(seen[0][:4] + seen[1][:4]) == list(range(8))
+
+    checkpoint = full / "checkpoints" / "step_00000002"
+    run([*launch, *common, "--output_dir", str(resumed), "--resume", str(checkpoint)], tmp_path, extra_env=cpu)
+    resumed_seen = [json.loads((resumed / f"seen_rows_rank{r}.json").read_text()) for r in range(2)]
+    assert resumed_seen == [s[2:] for s in seen]  # the same remaining batches, in the same order, per process
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:  # the saved model is the EMA; identical after resuming from the mid-epoch checkpoint
+        assert (a[key] - b[key]).abs().max().item() <= 1e-6, key
