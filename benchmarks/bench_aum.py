@@ -11,7 +11,10 @@ per Table II patching.
 
 Ratios are measured side by side in this process, so they compare across machines; absolute times do not.
 
-    python benchmarks/bench_aum.py [--repeats 5] [--batch-size 1] [--size tiny] [--skip-hf-backward] [--json out.json]
+    python benchmarks/bench_aum.py [--repeats 10] [--threads N] [--size tiny] [--skip-hf-backward] [--json out.json]
+
+On a loaded machine use `--threads 1`: with several threads every parallel op waits for the slowest thread, which
+penalises the many-op chunked scan more than transformers' loop of small (single-threaded) ops.
 """
 
 from __future__ import annotations
@@ -128,7 +131,8 @@ def bench_model(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs of each mixer measurement")
+    parser.add_argument("--repeats", type=int, default=10, help="timed runs of each mixer measurement")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--model-repeats", type=int, default=3, help="timed runs of each FFTP-AuM configuration")
     parser.add_argument("--hf-backward-repeats", type=int, default=1)
     parser.add_argument("--skip-hf-backward", action="store_true", help="skip transformers' (slow) backward")
@@ -144,6 +148,8 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     hf_logging.set_verbosity_error()  # transformers warns that it falls back to its slow path: that is the point
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"

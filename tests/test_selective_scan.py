@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-import specpatch.selective_scan as ss
 from specpatch.selective_scan import (
     causal_conv1d,
     mamba_kernels_available,
@@ -14,6 +15,9 @@ from specpatch.selective_scan import (
     selective_scan_reference,
     selective_scan_torch,
 )
+
+# the module itself (`specpatch.selective_scan` may name the exported function)
+ss = importlib.import_module("specpatch.selective_scan")
 
 BATCH, DIM, LENGTH, D_STATE = 2, 6, 37, 5  # 37: not a multiple of any chunk size used below
 
