@@ -231,6 +231,8 @@ class FFTPAuMPreTrainedModel(PreTrainedModel):
     input_modalities = ("audio",)
     supports_gradient_checkpointing = True
     _no_split_modules = ["FFTPAuMEmbeddings", "FFTPAuMLayer"]
+    # Mamba keeps the state matrix and skip in float32 (regexes on parameter names, for `from_pretrained(dtype=...)`)
+    _keep_in_fp32_modules_strict = [r"mixer\.A_log$", r"mixer\.A_b_log$", r"mixer\.D$", r"mixer\.D_b$"]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

@@ -292,6 +292,18 @@ def test_save_and_load_round_trip(tmp_path, bimamba_type):
         assert torch.equal(loaded(x).logits, model(x).logits)
 
 
+def test_bfloat16_loading_keeps_the_state_matrix_in_float32(tmp_path):
+    model = FFTPAuMForAudioClassification(tiny_config(bimamba_type="bi-bi")).eval()
+    model.save_pretrained(tmp_path)
+    loaded = FFTPAuMForAudioClassification.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    dtypes = {name: p.dtype for name, p in loaded.fftp_aum.layers[0].mixer.named_parameters()}
+    assert {dtypes[name] for name in ("A_log", "A_b_log", "D", "D_b")} == {torch.float32}
+    assert dtypes["in_proj.weight"] == dtypes["conv1d_b.weight"] == torch.bfloat16
+    with torch.no_grad():
+        logits = loaded(inputs().bfloat16()).logits
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Initialisation
 # ---------------------------------------------------------------------------------------------------------------------
