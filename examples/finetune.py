@@ -114,6 +114,7 @@ RECIPES: dict[str, dict] = {
         "25,600 max 128x128 (or SpecAugment 400 frames / 5 bins), 1000 frames.",
         "dataset_name": "agkphysics/AudioSet",
         "dataset_config_name": "balanced",
+        "balanced_sampling": "false",  # AST samples the balanced subset uniformly; weights are for the full set
         "model_type": "fftp_ast",
         "max_length": 1000,
         "frontend": "kaldi",
@@ -161,6 +162,7 @@ RECIPES: dict[str, dict] = {
         "drop path 0.1, weight EMA 0.995, SpecAugment 1/5 of the input, BCE.",
         "dataset_name": "agkphysics/AudioSet",
         "dataset_config_name": "balanced",
+        "balanced_sampling": "false",
         "model_type": "aape_vit",
         "max_length": 1024,
         "frontend": "logmel",
@@ -185,6 +187,7 @@ RECIPES: dict[str, dict] = {
         "drop path 0.1, weight EMA 0.995, SpecAugment 1/5, BCE, balanced sampling.",
         "dataset_name": "agkphysics/AudioSet",
         "dataset_config_name": "unbalanced",
+        "balanced_sampling": "true",
         "model_type": "aape_vit",
         "max_length": 1024,
         "frontend": "logmel",
@@ -285,6 +288,7 @@ DEFAULTS: dict = {
     "specaugment_freq": 5,
     "specaugment_time": 400,
     "eval_fold": None,
+    "balanced_sampling": "auto",
     "checkpointing_steps": 1000,
     "num_workers": 2,
 }
@@ -303,6 +307,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g = p.add_argument_group("data")
     g.add_argument("--dataset_name", help='Hub id, local folder, builder ("parquet", "audiofolder") or "builtin".')
     g.add_argument("--dataset_config_name")
+    g.add_argument("--dataset_revision", help='Hub revision, e.g. "refs/convert/parquet" for a script dataset.')
     g.add_argument("--data_dir")
     g.add_argument("--data_files", nargs="+")
     g.add_argument("--cache_dir", help="datasets cache folder.")
@@ -326,7 +331,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--norm_mean", type=float)
     g.add_argument("--norm_std", type=float)
     g.add_argument("--norm_stats", choices=("recipe", "compute"), help="compute: mean/std of the training log-mel.")
-    g.add_argument("--balanced_sampling", choices=("auto", "true", "false"), default="auto",
+    g.add_argument("--balanced_sampling", choices=("auto", "true", "false"),
                    help="AST's class-balanced sampling (auto: on for multi-label data, map-style only).")
     g.add_argument("--num_workers", type=int)
     g = p.add_argument_group("optimisation")
@@ -475,7 +480,7 @@ class Data:
             train_size, test_size = (int(v) for v in args.builtin_sizes.split(","))
             builtin_sizes = {"train": train_size, "test": test_size}
         spec = DatasetSpec(args.dataset_name, args.dataset_config_name, args.data_dir, args.data_files,
-                           args.streaming, args.cache_dir, builtin_sizes=builtin_sizes)
+                           args.streaming, args.cache_dir, args.dataset_revision, builtin_sizes=builtin_sizes)
         with accelerator.main_process_first():  # download / prepare once, then every process reads the cache
             dataset, self.audio_column = load_audio_dataset(spec, args.audio_column)
         if args.train_split not in dataset:

@@ -62,6 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--config_overrides", help="JSON dict of config fields for --model_type.")
     p.add_argument("--dataset_name", required=True)
     p.add_argument("--dataset_config_name")
+    p.add_argument("--dataset_revision", help='Hub revision, e.g. "refs/convert/parquet" for a script dataset.')
     p.add_argument("--data_dir")
     p.add_argument("--cache_dir")
     p.add_argument("--train_split", default="train")
@@ -203,7 +204,8 @@ def main(argv=None) -> dict:
 
     model, extractor = load_encoder(args)
     model.to(accelerator.device)
-    spec = DatasetSpec(args.dataset_name, args.dataset_config_name, args.data_dir, cache_dir=args.cache_dir)
+    spec = DatasetSpec(args.dataset_name, args.dataset_config_name, args.data_dir, cache_dir=args.cache_dir,
+                       revision=args.dataset_revision)
     with accelerator.main_process_first():
         dataset, audio_column = load_audio_dataset(spec, args.audio_column)
     train = dataset[args.train_split]
