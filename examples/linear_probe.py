@@ -7,7 +7,7 @@ Linear probing of a frozen encoder (the AaPE paper's protocol, Sec. IV-B and Tab
     accelerate launch examples/linear_probe.py --model_name_or_path <checkpoint> --dataset_name <UrbanSound8K copy>
 
 1. Features of every clip from the frozen encoder, computed once (sharded over the processes, gathered): the class
-   token concatenated with the mean-pooled patch tokens. Models that define `linear_probe_features(input_values)`
+   token concatenated with the mean-pooled patch tokens. Models that define `get_probe_features(input_values)`
    (AaPE-ViT) provide exactly that. For the others the script uses `pooler_output` (FFTP-AST: the mean of the class
    and distillation tokens; FFTP-AuM: its class token) concatenated with the mean of `last_hidden_state` over all
    tokens (a couple of class tokens among hundreds of patch tokens barely move that mean).
@@ -121,8 +121,8 @@ def load_encoder(args):
 
 def encoder_features(model, input_values: torch.Tensor) -> torch.Tensor:
     """Class token (pooled output) concatenated with mean-pooled tokens; see the module docstring."""
-    if hasattr(model, "linear_probe_features"):
-        return model.linear_probe_features(input_values)
+    if hasattr(model, "get_probe_features"):  # AaPE-ViT: exactly the paper's features
+        return model.get_probe_features(input_values)
     out = model(input_values=input_values, return_dict=True)
     hidden = out.last_hidden_state
     pooled = out.pooler_output if getattr(out, "pooler_output", None) is not None else hidden[:, 0]

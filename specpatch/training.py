@@ -43,9 +43,9 @@ EMBEDDING_NAME_PATTERN = re.compile(
 # Encoder blocks: `...layers.3.`, `...layer.3.`, `...blocks.3.` -> layer 4 (1-based, after the stem).
 LAYER_NAME_PATTERN = re.compile(r"(?:^|\.)(?:layers|layer|blocks)\.(\d+)\.")
 # Parameters never weight-decayed beyond 1-D ones: learned tokens and position embeddings (ViT / BEiT), and the state
-# matrix / skip of Mamba mixers (Vim's `_no_weight_decay`).
+# matrices / skips of Mamba mixers, forward and backward (`A_log`, `A_b_log`, `D`, `D_b`: Vim's `_no_weight_decay`).
 NO_DECAY_NAME_PATTERN = re.compile(
-    r"(cls_token|distillation_token|mask_token|class_token|position_embeddings?|pos_embed\w*|A_log|(^|\.)D)$"
+    r"(cls_token|distillation_token|mask_token|class_token|position_embeddings?|pos_embed\w*|A\w*_log|(^|\.)D\w*)$"
 )
 
 

@@ -70,6 +70,7 @@ def test_weight_decay_rules():
     assert not uses_weight_decay("embeddings.position_embeddings", torch.zeros(1, 3, 4))
     assert not uses_weight_decay("embeddings.cls_token", torch.zeros(1, 1, 4))
     assert not uses_weight_decay("layers.0.mixer.A_log", torch.zeros(4, 4))
+    assert not uses_weight_decay("fftp_aum.layers.0.mixer.A_b_log", torch.zeros(4, 4))
     assert uses_weight_decay("layers.0.mixer.Dense.weight", torch.zeros(4, 4))
 
 
