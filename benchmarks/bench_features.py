@@ -7,7 +7,7 @@ graph. Each extractor runs `--repeats` times, interleaved, and the fastest run o
 the figure least disturbed by other load on the machine), with the speed-up ratio and the largest absolute
 difference between the two outputs. The AaPE log-mel front end is timed too.
 
-    python benchmarks/bench_features.py [--repeats 5] [--batch-size 32] [--seconds 10]
+    python benchmarks/bench_features.py [--repeats 5] [--batch-size 32] [--seconds 10] [--threads N]
 """
 
 from __future__ import annotations
@@ -54,7 +54,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     audio = make_batch(args.batch_size, args.seconds)
     clips = list(audio)

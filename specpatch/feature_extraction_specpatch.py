@@ -36,6 +36,7 @@ import copy
 import math
 import warnings
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -135,6 +136,7 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
     # Frames per chunk (a 4 MB float64 FFT buffer on CPU): an implementation detail, not a model setting.
     _cpu_chunk_frames = 1024
     _gpu_chunk_frames = 65536
+    _thread_chunks = True
 
     def __init__(
         self,
@@ -314,6 +316,7 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
         frames = signal.unfold(0, win, self.hop_length)  # (total_frames, win), a strided view: no copy
         total = frames.shape[0]
         out = torch.empty(batch * slots, self.num_mel_bins, dtype=signal.dtype, device=signal.device)
+        dc_offsets = None
         if means is not None:
             if float(window[0]) != 0.0:
                 raise RuntimeError(
@@ -323,23 +326,55 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
             # = x[i] - 0.97 x[i - 1] - 0.03 m.
             dc_offsets = ((1.0 - KALDI_PREEMPHASIS) * means).unsqueeze(1)
 
-        # On CPU, work in cache-sized chunks of frames and reuse the buffers: big temporaries cost more in page faults
-        # and memory traffic than the arithmetic. On GPU, chunks only bound the memory. The FFT buffer's zero padding
-        # from win to n_fft (and, for kaldi, its unused first sample) is written once.
-        # Framing, pre-emphasis, window and FFT run in float64: a float32 FFT's rounding (about 1e-7 of a frame's
-        # energy) visibly changes the log of mel bands near the log floor next to loud tones (up to ~3e-3 after
-        # normalisation on tonal audio), while in cache-sized chunks float64 costs little more than float32.
+        # On CPU, work in cache-sized chunks of frames: big temporaries cost more in page faults and memory traffic
+        # than the arithmetic. On GPU, chunks only bound the memory.
         chunk = min(total, self._gpu_chunk_frames if signal.is_cuda else self._cpu_chunk_frames)
-        device = signal.device
+        args = (frames, dc_offsets, out, window, mel_filters, chunk, do_normalize)
+        threads = torch.get_num_threads()
+        num_chunks = -(-total // chunk)
+        if signal.is_cuda or threads == 1 or num_chunks < 2 or not self._thread_chunks:
+            self._process_frames(0, total, *args)
+        else:
+            # Coarse-grained CPU parallelism: each worker thread takes a contiguous run of chunks and runs its ops
+            # single-threaded, instead of every small op synchronising torch's intra-op threads (which stalls
+            # badly when the machine is busy). Under OpenMP, torch's thread count is per OS thread, so the
+            # caller's setting is untouched; workers restore the process default on exit.
+            workers = min(threads, num_chunks)
+            bounds = [min(total, (num_chunks * k // workers) * chunk) for k in range(workers + 1)]
+
+            def run(k):
+                torch.set_num_threads(1)
+                try:
+                    self._process_frames(bounds[k], bounds[k + 1], *args)
+                finally:
+                    torch.set_num_threads(threads)
+
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                list(pool.map(run, range(workers)))
+        return out.view(batch, slots, self.num_mel_bins)[:, :num_frames]
+
+    def _process_frames(self, begin, end, frames, dc_offsets, out, window, mel_filters, chunk, do_normalize):
+        """
+        Runs flat frames `[begin, end)` through pre-emphasis (kaldi), window, FFT, power, mel, log and normalisation
+        in chunks of `chunk` frames, writing into `out[begin:end]`.
+
+        Framing, pre-emphasis, window and FFT run in float64: a float32 FFT's rounding (about 1e-7 of a frame's
+        energy) visibly changes the log of mel bands near the log floor next to loud tones (up to ~3e-3 after
+        normalisation on tonal audio), while in cache-sized chunks float64 costs little more than float32. The FFT
+        buffer's zero padding from win to n_fft (and, for kaldi, its unused first sample) is written once.
+        """
+        win = self.win_length
+        device = frames.device
+        chunk = min(chunk, end - begin)
         fft_buffer = torch.zeros(chunk, self.n_fft, dtype=torch.float64, device=device)
         power64 = torch.empty(chunk, self.n_fft // 2 + 1, dtype=torch.float64, device=device)
         power = torch.empty(chunk, self.n_fft // 2 + 1, dtype=torch.float32, device=device)
-        for start in range(0, total, chunk):
-            stop = min(start + chunk, total)
+        for start in range(begin, end, chunk):
+            stop = min(start + chunk, end)
             size = stop - start
             windowed = fft_buffer[:size, :win]
             frame = frames[start:stop]
-            if means is None:
+            if dc_offsets is None:
                 torch.mul(frame, window, out=windowed)
             else:
                 # Sample 0 is multiplied by the window's 0 and stays 0.
@@ -358,7 +393,6 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
                 mel.add_(self.log_eps).log_()
             if do_normalize:
                 mel.sub_(self.mean).div_(self.normalization_scale)
-        return out.view(batch, slots, self.num_mel_bins)[:, :num_frames]
 
     def extract_features(
         self,
@@ -475,18 +509,34 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
         if sampling_rate != self.sampling_rate:
             clips = [resample(c, sampling_rate, self.sampling_rate) for c in clips]
 
-        tensors = [
-            (c if isinstance(c, torch.Tensor) else torch.from_numpy(np.asarray(c))).to(
-                device=device, dtype=torch.float32
-            )
-            for c in clips
-        ]
-        if stacked:
-            waveforms = tensors[0] if tensors[0].ndim == 2 else tensors[0].unsqueeze(0)
-            lengths = torch.full((waveforms.shape[0],), waveforms.shape[1], dtype=torch.long)
+        if device.type == "cpu":
+            # Stack / pad in numpy: plain single-threaded copies, instead of one parallel torch op per clip.
+            arrays = [
+                (c.detach().cpu().to(torch.float32).numpy() if isinstance(c, torch.Tensor) else np.asarray(c))
+                for c in clips
+            ]
+            arrays = [a.astype(np.float32, copy=False) for a in arrays]
+            if stacked:
+                waveforms = torch.from_numpy(np.ascontiguousarray(np.atleast_2d(arrays[0])))
+                lengths = torch.full((waveforms.shape[0],), waveforms.shape[1], dtype=torch.long)
+            else:
+                lengths = torch.tensor([a.shape[-1] for a in arrays], dtype=torch.long)
+                waveforms = torch.from_numpy(np.zeros((len(arrays), int(lengths.max())), np.float32))
+                for row, array in zip(waveforms.numpy(), arrays):
+                    row[: array.shape[-1]] = array
         else:
-            lengths = torch.tensor([t.shape[-1] for t in tensors], dtype=torch.long)
-            waveforms = torch.nn.utils.rnn.pad_sequence(tensors, batch_first=True)
+            tensors = [
+                (c if isinstance(c, torch.Tensor) else torch.from_numpy(np.asarray(c))).to(
+                    device=device, dtype=torch.float32
+                )
+                for c in clips
+            ]
+            if stacked:
+                waveforms = tensors[0] if tensors[0].ndim == 2 else tensors[0].unsqueeze(0)
+                lengths = torch.full((waveforms.shape[0],), waveforms.shape[1], dtype=torch.long)
+            else:
+                lengths = torch.tensor([t.shape[-1] for t in tensors], dtype=torch.long)
+                waveforms = torch.nn.utils.rnn.pad_sequence(tensors, batch_first=True)
 
         shortest = int(lengths.min())
         if shortest < self.win_length:

@@ -206,6 +206,24 @@ def test_return_types_follow_input_and_return_tensors():
     )
 
 
+@pytest.mark.parametrize("frontend", ["kaldi", "logmel"])
+def test_threaded_chunks_match_single_pass(monkeypatch, frontend):
+    # Small chunks so that the worker threads split the frames; the result must not depend on the split.
+    monkeypatch.setattr(SpecPatchFeatureExtractor, "_cpu_chunk_frames", 37)
+    extractor = SpecPatchFeatureExtractor(frontend=frontend, max_length=150)
+    clips = [_noise(SR, 17), _tonal(SR // 2, 18), _noise(2 * SR, 19)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        threaded = extractor(clips, sampling_rate=SR)["input_values"]
+        assert torch.get_num_threads() == 2  # the caller's setting survives the worker threads
+        monkeypatch.setattr(SpecPatchFeatureExtractor, "_thread_chunks", False)
+        single = extractor(clips, sampling_rate=SR)["input_values"]
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_allclose(threaded, single, atol=1e-6, rtol=0)  # 1 vs 2 intra-op threads: rounding only
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("frontend", ["kaldi", "logmel"])
 def test_cuda_input_stays_on_cuda(frontend):
