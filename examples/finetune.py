@@ -15,7 +15,8 @@ multi-label dataset, evaluated (mAP) on its held-out split, saved with `save_pre
     python examples/finetune.py --list_recipes
 
 The same command runs on CPU, one GPU or many (`accelerate launch --num_processes N`, `--multi_gpu`, several
-machines). `--batch_size` is the global batch of the papers: each process gets `batch_size / (processes x
+machines). Several processes on a CPU-only machine: `accelerate launch --multi_gpu --num_processes N` (the script
+then joins them with gloo; `accelerate launch --cpu --num_processes N` starts a single process unless MPI is set up). `--batch_size` is the global batch of the papers: each process gets `batch_size / (processes x
 gradient_accumulation_steps)` clips per micro-batch. Every flag overrides the selected recipe's value.
 
 Data flow: rows keep their encoded audio (`Audio(decode=False)`); the DataLoader workers decode, resample (soxr) and
@@ -27,11 +28,17 @@ the latest one, mid-epoch, on the same data order.
 
 from __future__ import annotations
 
+import os
+
+# OpenMP threads that sleep instead of spinning while they wait: the DataLoader workers share the cores with the
+# training threads, and on a busy CPU spinning threads made a training step several times slower (measured: 6.2 s vs
+# 0.7 s per step of the built-in job on 2 loaded cores). Must be set before torch is imported; an explicit setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import json
 import logging
 import math
-import os
 import sys
 import time
 

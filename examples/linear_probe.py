@@ -23,10 +23,16 @@ Features are cached in `--output_dir` and finished folds recorded, so `--resume`
 
 from __future__ import annotations
 
+import os
+
+# OpenMP threads that sleep instead of spinning while they wait: the DataLoader workers share the cores with the
+# training threads, and on a busy CPU spinning threads made a training step several times slower (measured: 6.2 s vs
+# 0.7 s per step of the built-in job on 2 loaded cores). Must be set before torch is imported; an explicit setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 
