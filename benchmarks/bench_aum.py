@@ -13,8 +13,10 @@ Ratios are measured side by side in this process, so they compare across machine
 
     python benchmarks/bench_aum.py [--repeats 10] [--threads N] [--size tiny] [--skip-hf-backward] [--json out.json]
 
-On a loaded machine use `--threads 1`: with several threads every parallel op waits for the slowest thread, which
-penalises the many-op chunked scan more than transformers' loop of small (single-threaded) ops.
+The forward comparison runs with one thread and with torch's thread count (or `--threads`): on a machine shared with
+other work, multi-threaded timings are unreliable (every parallel op waits for its slowest thread, which penalises
+the chunked scan's few large ops more than transformers' loop of small single-threaded ones); the one-thread row is
+the per-core comparison.
 """
 
 from __future__ import annotations
@@ -60,6 +62,10 @@ def fastest(functions: dict, repeats: int) -> dict[str, float]:
     return {name: min(values) for name, values in times.items()}
 
 
+def _threads(count: int) -> str:
+    return f"{count} thread" + ("s" if count > 1 else "")
+
+
 def forward_backward(mixer: torch.nn.Module, inputs: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
     inputs = inputs.detach().requires_grad_()
     mixer.zero_grad(set_to_none=True)
@@ -82,13 +88,21 @@ def bench_mixer(args) -> dict:
 
         return forward
 
-    forward = fastest({"transformers": run(theirs), "specpatch": run(ours)}, args.repeats)
+    threads = torch.get_num_threads()
+    forward = {}
+    for count in sorted({1, threads}):  # one thread: the per-core comparison, least disturbed by other load
+        torch.set_num_threads(count)
+        forward[count] = fastest({"transformers": run(theirs), "specpatch": run(ours)}, args.repeats)
+    torch.set_num_threads(threads)
     ours_fb = fastest({"specpatch": lambda: forward_backward(ours, inputs, grad_output)}, args.repeats)["specpatch"]
     result = {
         "shape": f"batch {args.mixer_batch}, {args.tokens} tokens, width {args.width}, d_state {args.d_state}, "
         f"expand {args.expand}",
-        "forward_s": forward,
-        "forward_ratio": forward["transformers"] / forward["specpatch"],
+        "threads": threads,
+        "forward_s": {_threads(count): times for count, times in forward.items()},
+        "forward_ratio": {
+            _threads(count): times["transformers"] / times["specpatch"] for count, times in forward.items()
+        },
         "specpatch_forward_backward_s": ours_fb,
         "max_abs_output_difference": max_diff,
     }
@@ -158,22 +172,23 @@ def main() -> None:
     print(f"\n1. One Mamba direction ({mixer['shape']}), PyTorch paths on CPU")
     print(f"   outputs agree to {mixer['max_abs_output_difference']:.1e} (max abs difference)")
     rows = [
-        ("forward", mixer["forward_s"]["transformers"], mixer["forward_s"]["specpatch"], mixer["forward_ratio"], 5),
+        (f"forward, {key}", times["transformers"], times["specpatch"], mixer["forward_ratio"][key], 5)
+        for key, times in mixer["forward_s"].items()
     ]
     if "forward_backward_ratio" in mixer:
         print(f"   input gradients agree to {mixer['max_abs_input_grad_difference']:.1e}")
         rows.append(
             (
-                "forward + backward",
+                f"fwd + bwd, {_threads(mixer['threads'])}",
                 mixer["transformers_forward_backward_s"],
                 mixer["specpatch_forward_backward_s"],
                 mixer["forward_backward_ratio"],
                 20,
             )
         )
-    print(f"   {'':<20}{'transformers':>14}{'specpatch':>12}{'speed-up':>10}{'target':>8}")
+    print(f"   {'':<24}{'transformers':>14}{'specpatch':>12}{'speed-up':>10}{'target':>8}")
     for name, hf, ours, ratio, target in rows:
-        print(f"   {name:<20}{hf * 1e3:>11.1f} ms{ours * 1e3:>9.1f} ms{ratio:>9.1f}x{target:>7}x")
+        print(f"   {name:<24}{hf * 1e3:>11.1f} ms{ours * 1e3:>9.1f} ms{ratio:>9.1f}x{target:>7}x")
 
     results = {"mixer": mixer}
     if not args.skip_model:

@@ -37,8 +37,9 @@ import functools
 import torch
 import torch.nn.functional as F
 
-# Work tiles (batch x chunk x channels x d_state elements) are kept below this size; channels are split beyond it.
-# The CPU budget keeps a tile's buffers in cache; on GPUs larger tiles mean fewer kernel launches.
+# Work tiles (batch x chunk x d_state x channels elements) are kept below this size; channels are split beyond it.
+# CPU tiles are large enough to amortise per-op overhead and small enough for the last-level cache; on GPUs larger
+# tiles mean fewer kernel launches.
 _MAX_TILE_ELEMENTS = {"cpu": 2**21, "cuda": 2**26}
 _DEFAULT_CHUNK_SIZE = {"cpu": 64, "cuda": 128}
 _LOG2_E = 1.4426950408889634
