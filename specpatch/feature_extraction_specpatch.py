@@ -33,6 +33,7 @@ the device of the input tensor:
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import warnings
 from collections.abc import Iterable, Sequence
@@ -64,6 +65,12 @@ LOGMEL_PLACEHOLDER_STD = 4.2
 # Kaldi fbank constants (kaldi/src/feat/feature-window.cc, feature-fbank.cc) used by AST.
 KALDI_PREEMPHASIS = 0.97
 FLOAT32_EPS = float(np.finfo(np.float32).eps)  # 1.1920929e-07, Kaldi's log floor
+
+
+@functools.cache
+def _openmp_backend() -> bool:
+    """Whether torch's intra-op threads come from OpenMP (thread counts set per OS thread)."""
+    return "parallel backend: OpenMP" in torch.__config__.parallel_info()
 
 
 class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
@@ -332,13 +339,14 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
         args = (frames, dc_offsets, out, window, mel_filters, chunk, do_normalize)
         threads = torch.get_num_threads()
         num_chunks = -(-total // chunk)
-        if signal.is_cuda or threads == 1 or num_chunks < 2 or not self._thread_chunks:
+        if signal.is_cuda or threads == 1 or num_chunks < 2 or not self._thread_chunks or not _openmp_backend():
             self._process_frames(0, total, *args)
         else:
             # Coarse-grained CPU parallelism: each worker thread takes a contiguous run of chunks and runs its ops
             # single-threaded, instead of every small op synchronising torch's intra-op threads (which stalls
             # badly when the machine is busy). Under OpenMP, torch's thread count is per OS thread, so the
-            # caller's setting is untouched; workers restore the process default on exit.
+            # caller's setting is untouched (with torch's native thread pool it is global, so this path needs
+            # OpenMP); workers restore the process default on exit.
             workers = min(threads, num_chunks)
             bounds = [min(total, (num_chunks * k // workers) * chunk) for k in range(workers + 1)]
 
@@ -369,6 +377,7 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
         fft_buffer = torch.zeros(chunk, self.n_fft, dtype=torch.float64, device=device)
         power64 = torch.empty(chunk, self.n_fft // 2 + 1, dtype=torch.float64, device=device)
         power = torch.empty(chunk, self.n_fft // 2 + 1, dtype=torch.float32, device=device)
+        spectrum_buffer = torch.empty(chunk, self.n_fft // 2 + 1, dtype=torch.complex128, device=device)
         for start in range(begin, end, chunk):
             stop = min(start + chunk, end)
             size = stop - start
@@ -381,7 +390,7 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
                 torch.sub(frame[:, 1:], dc_offsets[start:stop], out=windowed[:, 1:])
                 windowed[:, 1:].sub_(frame[:, :-1], alpha=KALDI_PREEMPHASIS)
                 windowed.mul_(window)
-            spectrum = torch.fft.rfft(fft_buffer[:size], dim=-1)
+            spectrum = torch.fft.rfft(fft_buffer[:size], dim=-1, out=spectrum_buffer[:size])
             torch.mul(spectrum.real, spectrum.real, out=power64[:size])
             power64[:size].addcmul_(spectrum.imag, spectrum.imag)
             power[:size].copy_(power64[:size])
