@@ -342,7 +342,7 @@ class AaPEViTPreTrainedModel(PreTrainedModel):
         match = re.search(r"(?:^|\.)encoder\.layers\.(\d+)\.", name)
         if match and "lambda_encoder" not in name:
             return int(match.group(1)) + 1
-        if re.search(r"(?:^|\.)embeddings\.", name) or name.startswith("embeddings"):
+        if re.search(r"(?:^|\.)embeddings\.", name):
             return 0
         return self.config.num_hidden_layers + 1
 
