@@ -115,6 +115,26 @@ def test_fo_bi_matches_an_explicit_reference():
     torch.testing.assert_close(mixer(hidden_states), mixer.out_proj(y.transpose(1, 2)), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("bimamba_type", ["fo-bi", "bi-bi"])
+def test_mixer_with_and_without_cuda_kernels(monkeypatch, bimamba_type):
+    """On a GPU the mixer uses mamba_ssm / causal_conv1d when installed; the PyTorch path must agree."""
+    import importlib
+
+    scan_module = importlib.import_module("specpatch.selective_scan")
+    mixer = FFTPAuMMixer(64, 128, 16, 4, bimamba_type=bimamba_type).cuda()
+    FFTPAuMForAudioClassification._init_mixer(FFTPAuMForAudioClassification(tiny_config()), mixer)  # Mamba init
+    hidden_states = torch.randn(2, 300, 64, device="cuda", requires_grad=True)
+    out = mixer(hidden_states)
+    (grad,) = torch.autograd.grad(out.sum(), hidden_states)
+    monkeypatch.setattr(scan_module, "_mamba_ssm_selective_scan_fn", lambda: None)
+    monkeypatch.setattr(scan_module, "_causal_conv1d_fn", lambda: None)
+    expected = mixer(hidden_states)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), hidden_states)
+    torch.testing.assert_close(out, expected, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-3, atol=1e-4)
+
+
 def test_mixer_rejects_unknown_bimamba_type():
     with pytest.raises(ValueError, match="bimamba_type"):
         FFTPAuMMixer(12, 24, bimamba_type="v3")

@@ -256,3 +256,19 @@ def test_cuda_causal_conv1d_matches_pytorch():
     x, weight, bias = torch.randn(2, 64, 100).cuda(), torch.randn(64, 4).cuda(), torch.randn(64).cuda()
     expected = F.silu(F.conv1d(x, weight[:, None], bias, padding=3, groups=64)[..., :100])
     torch.testing.assert_close(causal_conv1d(x, weight, bias, "silu"), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_pytorch_path_on_cuda_matches_reference():
+    inputs = make_inputs("grouped", "variable", length=300, dim=16, dtype=torch.float32)
+    expected, expected_last = run(selective_scan_reference, inputs)
+    cuda_inputs = {name: t.cuda().requires_grad_() for name, t in inputs.items()}
+    out, last = run(selective_scan_torch, cuda_inputs)
+    torch.testing.assert_close(out.cpu(), expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(last.cpu(), expected_last, rtol=1e-4, atol=1e-4)
+    cpu_inputs = {name: t.requires_grad_() for name, t in inputs.items()}
+    cpu_out = run(selective_scan_torch, cpu_inputs)[0]
+    grads = torch.autograd.grad(out.sum(), list(cuda_inputs.values()))
+    expected_grads = torch.autograd.grad(cpu_out.sum(), list(cpu_inputs.values()))
+    for grad, expected_grad in zip(grads, expected_grads):
+        torch.testing.assert_close(grad.cpu(), expected_grad, rtol=1e-3, atol=1e-3)
