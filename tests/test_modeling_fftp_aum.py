@@ -123,7 +123,7 @@ def test_mixer_with_and_without_cuda_kernels(monkeypatch, bimamba_type):
 
     scan_module = importlib.import_module("specpatch.selective_scan")
     mixer = FFTPAuMMixer(64, 128, 16, 4, bimamba_type=bimamba_type).cuda()
-    FFTPAuMForAudioClassification._init_mixer(FFTPAuMForAudioClassification(tiny_config()), mixer)  # Mamba init
+    FFTPAuMForAudioClassification(tiny_config())._init_mixer(mixer)  # Mamba's initialisation
     hidden_states = torch.randn(2, 300, 64, device="cuda", requires_grad=True)
     out = mixer(hidden_states)
     (grad,) = torch.autograd.grad(out.sum(), hidden_states)
