@@ -21,9 +21,11 @@ from .configuration_aape_vit import AaPEViTConfig
 from .configuration_fftp_ast import FFTPASTConfig
 from .configuration_fftp_aum import FFTPAuMConfig
 from .feature_extraction_specpatch import SpecPatchFeatureExtractor
+from .masking import inverse_block_mask
 from .modeling_aape_vit import (
     AaPEViTForAudioClassification,
     AaPEViTForPreTraining,
+    AaPEViTForPreTrainingOutput,
     AaPEViTModel,
     AaPEViTPreTrainedModel,
 )
@@ -65,6 +67,7 @@ __all__ = [
     "AaPEViTConfig",
     "AaPEViTForAudioClassification",
     "AaPEViTForPreTraining",
+    "AaPEViTForPreTrainingOutput",
     "AaPEViTModel",
     "AaPEViTPreTrainedModel",
     "FFTPASTConfig",
@@ -81,6 +84,7 @@ __all__ = [
     "SpecPatchAudioClassificationPipeline",
     "SpecPatchFeatureExtractor",
     "WaveformMixup",
+    "inverse_block_mask",
     "ZeroPhaseHighPass",
     "sblu_conv",
     "selective_scan",

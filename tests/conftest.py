@@ -39,6 +39,11 @@ TINY_CONFIGS: dict[str, callable] = {
         lambda_num_layers=1,
         lambda_num_attention_heads=2,
         lambda_intermediate_size=32,
+        sblu_highpass_taps=15,
+        predictor_hidden_size=32,
+        predictor_num_layers=1,
+        predictor_num_attention_heads=4,
+        predictor_intermediate_size=64,
         **kw,
     ),
 }
