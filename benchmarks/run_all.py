@@ -1,0 +1,814 @@
+#!/usr/bin/env python
+# Copyright 2026 The specpatch authors. Licensed under the Apache License, Version 2.0.
+"""Runs every benchmark of the project and writes their side-by-side ratios, with the machine, to RESULTS.md.
+
+    python benchmarks/run_all.py                 # full run (tens of minutes on a 2-core CPU)
+    python benchmarks/run_all.py --quick         # short run: fewer repeats, smaller batches, no slow HF backward
+    python benchmarks/run_all.py --only features,specmask --output /tmp/RESULTS.md --json /tmp/results.json
+
+Each benchmark script runs in its own process (as a user would run it), one after the other:
+
+| key | script | what it compares, side by side in one process |
+|---|---|---|
+| `features` | `bench_features.py` | batched kaldi / log-mel front ends vs transformers' `ASTFeatureExtractor` |
+| `specmask` | `bench_specmask.py` | batched SpecMask vs Algorithm 1 run sample by sample |
+| `patching` | `bench_patching.py` | FFTP-AST (ViT-B) Table II patchings: patches, GMACs, latency vs square; vs transformers AST |
+| `aum` | `bench_aum.py` | selective scan mixer vs transformers' `MambaMixer`; FFTP-AuM latency per patching |
+| `sblu` | `bench_sblu.py` | SBLU convolution (chunked, custom backward) vs the direct form: time and peak memory |
+| `aape` | `bench_aape.py` | AaPE patch-embedding parameter counts vs the paper; pre-training step, standard vs AaPE |
+
+The printed output of every script is kept in RESULTS.md; the tables are parsed from it (or from the JSON the
+script writes). Ratios compare across machines; absolute times are this machine's and are reported as such. The
+load average before and after is recorded: on a shared machine absolute times suffer far more than the ratios,
+which every script measures with interleaved or back-to-back runs.
+
+On a CUDA machine (`--device cuda`, the default when one is visible) the scripts that take a device run on it, and a
+GPU section adds absolute forward latency and throughput of the three models (`gpu_throughput`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCHMARKS = os.path.join(REPO, "benchmarks")
+DEFAULT_OUTPUT = os.path.join(BENCHMARKS, "RESULTS.md")
+
+# FFTP paper, Table III (AST, one A100): GFLOPs as printed (multiply-accumulates, see NOTES.md) and latency in ms.
+PAPER_TABLE_III = {
+    "square-1212": (103.35, 14.50),
+    "fftp-96": (4.15, 0.96),
+    "fftp-196": (17.30, 2.18),
+    "fftp-248": (21.48, 2.62),
+    "fftp-496": (42.79, 5.38),
+    "fftp-991": (85.32, 11.62),
+}
+PRESET_ORDER = ["square-1212", "fftp-96", "fftp-196", "fftp-248", "fftp-496", "fftp-991"]
+
+
+@dataclass
+class Benchmark:
+    """One benchmark script and its arguments for a full and a quick run (`{json}` is replaced by a JSON path)."""
+
+    key: str
+    script: str
+    full_args: list[str]
+    quick_args: list[str]
+    device_arg: bool = False  # the script takes `--device`
+    timeout_s: int = 3600
+
+
+BENCHMARKS_TO_RUN = [
+    Benchmark("features", "bench_features.py", [], ["--repeats", "1", "--batch-size", "8"]),
+    Benchmark("specmask", "bench_specmask.py", [], ["--repeats", "3", "--batch", "16"], device_arg=True),
+    Benchmark("patching", "bench_patching.py", ["--json", "{json}"], ["--repeats", "1", "--json", "{json}"]),
+    Benchmark(
+        "aum",
+        "bench_aum.py",
+        ["--json", "{json}"],
+        ["--repeats", "1", "--model-repeats", "1", "--skip-hf-backward", "--json", "{json}"],
+    ),
+    Benchmark("sblu", "bench_sblu.py", [], ["--batch", "2", "--repeats", "1"]),
+    Benchmark("aape", "bench_aape.py", [], ["--repeats", "1", "--views", "2"], device_arg=True),
+]
+
+
+@dataclass
+class RunResult:
+    key: str
+    command: list[str]
+    returncode: int
+    seconds: float
+    stdout: str
+    stderr: str
+    data: dict = field(default_factory=dict)  # JSON written by the script, if any
+    parsed: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Machine
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo (Linux), else platform's description."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    """What the results depend on: CPU, cores, threads, library versions, GPU, load."""
+    import torch
+    import transformers
+
+    info = {
+        "cpu": cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "os": f"{platform.system()} {platform.release()}",
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:
+        import mamba_ssm  # noqa: F401
+
+        info["mamba_ssm"] = True
+    except ImportError:
+        info["mamba_ssm"] = False
+    return info
+
+
+def load_average() -> tuple[float, float, float] | None:
+    try:
+        return tuple(round(x, 2) for x in os.getloadavg())
+    except (AttributeError, OSError):
+        return None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Running
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def run_benchmark(benchmark: Benchmark, quick: bool, device: str, workdir: str) -> RunResult:
+    json_path = os.path.join(workdir, f"{benchmark.key}.json")
+    args = [a.replace("{json}", json_path) for a in (benchmark.quick_args if quick else benchmark.full_args)]
+    if benchmark.device_arg and device != "cpu":
+        args += ["--device", device]
+    command = [sys.executable, os.path.join(BENCHMARKS, benchmark.script), *args]
+    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    start = time.perf_counter()
+    try:
+        process = subprocess.run(
+            command, capture_output=True, text=True, cwd=REPO, env=env, timeout=benchmark.timeout_s
+        )
+        returncode, stdout, stderr = process.returncode, process.stdout, process.stderr
+    except subprocess.TimeoutExpired as err:
+        returncode = -9
+        stdout = err.stdout.decode() if isinstance(err.stdout, bytes) else (err.stdout or "")
+        stderr = f"timed out after {benchmark.timeout_s} s"
+    result = RunResult(benchmark.key, command, returncode, time.perf_counter() - start, stdout, stderr)
+    if os.path.isfile(json_path):
+        with open(json_path) as handle:
+            result.data = json.load(handle)
+    result.parsed = PARSERS[benchmark.key](result.stdout, result.data)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Parsing the scripts' output (tolerant: a line that is not found leaves its value out, the raw output stays)
+# ----------------------------------------------------------------------------------------------------------------------
+
+_NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
+
+
+def _search(pattern: str, text: str, cast=float):
+    match = re.search(pattern, text, flags=re.MULTILINE)
+    if match is None:
+        return None
+    values = [cast(g.replace(",", "")) for g in match.groups()]
+    return values[0] if len(values) == 1 else values
+
+
+def _threads(text: str) -> int | None:
+    return _search(r"(\d+) threads", text, int) or _search(r"torch threads (\d+)", text, int)
+
+
+def parse_features(stdout: str, data: dict) -> dict:
+    out = {"threads": _threads(stdout)}
+    ast = _search(rf"^ASTFeatureExtractor\s+{_NUMBER}\s+", stdout)
+    kaldi = _search(rf"^SpecPatch kaldi \(batched torch\)\s+{_NUMBER}\s+{_NUMBER}x", stdout)
+    logmel = _search(rf"^SpecPatch logmel \(AaPE\)\s+{_NUMBER}\s+{_NUMBER}x", stdout)
+    batch = _search(r"^batch: (\d+) clips x ([0-9.]+) s", stdout)
+    if ast is not None:
+        out["ast_s"] = ast
+    if kaldi:
+        out["kaldi_s"], out["kaldi_speedup"] = kaldi
+    if logmel:
+        out["logmel_s"], out["logmel_speedup"] = logmel
+    if batch:
+        out["clips"], out["seconds"] = int(batch[0]), batch[1]
+    difference = _search(rf"max \|AST - ours\| = {_NUMBER}", stdout)
+    if difference is not None:
+        out["max_abs_difference"] = difference
+    return out
+
+
+def parse_specmask(stdout: str, data: dict) -> dict:
+    out = {"threads": _threads(stdout)}
+    batched = _search(rf"^SpecMask \(batched\)\s+{_NUMBER}", stdout)
+    reference = _search(rf"^spec_mask_reference loop \(pure Python\)\s+{_NUMBER}\s+{_NUMBER}x", stdout)
+    tensor = _search(rf"^tensor-slicing loop \(information\)\s+{_NUMBER}\s+{_NUMBER}x", stdout)
+    batch = _search(r"batch (\d+) x 1000 frames", stdout, int)
+    if batched is not None:
+        out["batched_ms"] = batched
+    if reference:
+        out["reference_ms"], out["reference_speedup"] = reference
+    if tensor:
+        out["tensor_loop_ms"], out["tensor_loop_speedup"] = tensor
+    if batch is not None:
+        out["batch"] = batch
+    return out
+
+
+def parse_patching(stdout: str, data: dict) -> dict:
+    out = {"threads": _search(r"batch \d+, (\d+) threads", stdout, int)}
+    if data:
+        out["rows"] = {row["config"]: row for row in data.get("rows", [])}
+        out["transformers_ast_time_ratio"] = data.get("transformers_ast_time_ratio")
+        out["fftp248_speedup"] = data.get("fftp248_speedup")
+    difference = _search(rf"max \|logit diff\| {_NUMBER}", stdout)
+    if difference is not None:
+        out["max_logit_difference"] = difference
+    return out
+
+
+def parse_aum(stdout: str, data: dict) -> dict:
+    out = {"threads": _threads(stdout)}
+    if data:
+        out.update(data)
+    size = _search(r"^2\. FFTP-AuM-(\w+) \(([\w-]+)\)", stdout, str)
+    if size:
+        out["size"], out["bimamba_type"] = size
+    return out
+
+
+def parse_sblu(stdout: str, data: dict) -> dict:
+    out = {"threads": _threads(stdout)}
+    batch = _search(r"^shape: batch (\d+) x", stdout, int)
+    if batch is not None:
+        out["batch"] = batch
+    row = re.compile(
+        rf"^(\w+)\s+{_NUMBER}\s+{_NUMBER}x\s+{_NUMBER}\s+{_NUMBER}x\s+(?:{_NUMBER}\s+{_NUMBER}|n/a)\s*$", re.MULTILINE
+    )
+    for section, title in (("adaptive", "Adaptive SBLU"), ("non_adaptive", "Non-adaptive SBLU")):
+        start = stdout.find(title)
+        if start < 0:
+            continue
+        end = stdout.find("\n\n", start)
+        table = {}
+        for match in row.finditer(stdout[start : end if end > 0 else None]):
+            method, fwd, fwd_x, fb, fb_x, mem, mem_ratio = match.groups()
+            table[method] = {
+                "forward_ms": float(fwd),
+                "forward_speedup": float(fwd_x),
+                "forward_backward_ms": float(fb),
+                "forward_backward_speedup": float(fb_x),
+                "peak_mib": float(mem) if mem is not None else None,
+                "memory_ratio": float(mem_ratio) if mem_ratio is not None else None,
+            }
+        out[section] = table
+    return out
+
+
+def parse_aape(stdout: str, data: dict) -> dict:
+    out = {"threads": _search(r"device \S+, (\d+) threads", stdout, int)}
+    counts = {}
+    for match in re.finditer(
+        rf"^(standard|aape_nonadaptive|aape)\s+([\d,]+)\s+{_NUMBER}M\s+{_NUMBER}\s*$", stdout, re.M
+    ):
+        counts[match.group(1)] = {"measured": int(match.group(2).replace(",", "")), "paper_m": float(match.group(3))}
+    out["counts"] = counts
+    steps = {}
+    for match in re.finditer(
+        rf"^(standard|aape_nonadaptive|aape)\s+{_NUMBER}\s+{_NUMBER}\s+{_NUMBER}\s+{_NUMBER}\s*$", stdout, re.M
+    ):
+        kind, step_s, clips, patch_tokens, student_tokens = match.groups()
+        steps[kind] = {
+            "step_s": float(step_s),
+            "clips_per_s": float(clips),
+            "patch_tokens_per_s": float(patch_tokens),
+            "student_tokens_per_s": float(student_tokens),
+        }
+    out["steps"] = steps
+    overhead = _search(rf"^aape overhead: {_NUMBER} % of its step time \(step time x{_NUMBER}", stdout)
+    if overhead:
+        out["overhead_percent"], out["step_ratio"] = overhead
+    setting = _search(r"ViT-B, (\d+) clip\(s\) x (\d+) views, (\d+) frames", stdout, int)
+    if setting:
+        out["clips"], out["views"], out["frames"] = setting
+    return out
+
+
+PARSERS = {
+    "features": parse_features,
+    "specmask": parse_specmask,
+    "patching": parse_patching,
+    "aum": parse_aum,
+    "sblu": parse_sblu,
+    "aape": parse_aape,
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# GPU section: absolute latency and throughput of the three models
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def gpu_throughput(
+    device: str = "cuda",
+    batch_size: int = 32,
+    repeats: int = 10,
+    dtype: str = "bfloat16",
+    overrides: dict | None = None,
+    presets: list[str] | None = None,
+) -> list[dict]:
+    """Forward latency (ms per batch) and throughput (clips / s) of FFTP-AST (ViT-B), FFTP-AuM (base) and AaPE-ViT
+    (ViT-B, 1024 frames) on `device`, under `torch.autocast(dtype)` in inference mode; median of `repeats` runs
+    after two warm-up runs. `overrides` (config fields for every model) and `presets` make small test runs."""
+    import statistics
+
+    import torch
+
+    from specpatch import (
+        AaPEViTConfig,
+        AaPEViTForAudioClassification,
+        FFTPASTConfig,
+        FFTPASTForAudioClassification,
+        FFTPAuMConfig,
+        FFTPAuMForAudioClassification,
+    )
+
+    overrides = dict(overrides or {})
+    presets = presets or PRESET_ORDER
+    device = torch.device(device)
+    autocast_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}[dtype]
+    models = []
+    for preset in presets:
+        models.append(
+            ("FFTP-AST", preset, FFTPASTForAudioClassification, FFTPASTConfig.from_preset(preset, **overrides))
+        )
+    for preset in presets:
+        aum_overrides = {k: v for k, v in overrides.items() if k not in ("num_attention_heads", "intermediate_size")}
+        models.append(
+            ("FFTP-AuM", preset, FFTPAuMForAudioClassification, FFTPAuMConfig.from_preset(preset, **aum_overrides))
+        )
+    models.append(
+        ("AaPE-ViT", "16x16, 1024 frames", AaPEViTForAudioClassification, AaPEViTConfig(max_length=1024, **overrides))
+    )
+
+    def synchronize():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    rows = []
+    for name, setting, model_class, config in models:
+        torch.manual_seed(0)
+        model = model_class(config).eval().to(device)
+        inputs = torch.randn(batch_size, config.max_length, config.num_mel_bins, device=device)
+        times = []
+        with (
+            torch.inference_mode(),
+            torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None),
+        ):
+            for index in range(repeats + 2):
+                synchronize()
+                start = time.perf_counter()
+                model(inputs)
+                synchronize()
+                if index >= 2:
+                    times.append(time.perf_counter() - start)
+        seconds = statistics.median(times)
+        rows.append(
+            {
+                "model": name,
+                "setting": setting,
+                "patches": getattr(config, "num_patches", None),
+                "batch": batch_size,
+                "ms_per_batch": 1e3 * seconds,
+                "clips_per_s": batch_size / seconds,
+            }
+        )
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Markdown
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _x(value, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}x"
+
+
+def _ms(value_s) -> str:
+    return "n/a" if value_s is None else f"{1e3 * value_s:.1f} ms"
+
+
+def _verdict(value, target) -> str:
+    if value is None or target is None:
+        return ""
+    return "met" if value >= target else "**not met**"
+
+
+def summary_rows(results: dict[str, RunResult]) -> list[tuple]:
+    """(benchmark, comparison, ratio, target, verdict, absolute times on this machine) rows of the summary table."""
+    rows = []
+    r = results.get("features")
+    if r:
+        p = r.parsed
+        what = f"{p.get('clips', '?')} clips x {p.get('seconds', '?')} s"
+        rows.append(
+            (
+                "features",
+                f"kaldi fbank, batched torch vs transformers `ASTFeatureExtractor` ({what})",
+                _x(p.get("kaldi_speedup")),
+                ">= 10x",
+                _verdict(p.get("kaldi_speedup"), 10),
+                f"{p.get('kaldi_s', 'n/a')} s vs {p.get('ast_s', 'n/a')} s",
+            )
+        )
+        rows.append(
+            (
+                "features",
+                "AaPE log-mel, batched torch vs `ASTFeatureExtractor`",
+                _x(p.get("logmel_speedup")),
+                "",
+                "",
+                f"{p.get('logmel_s', 'n/a')} s",
+            )
+        )
+    r = results.get("specmask")
+    if r:
+        p = r.parsed
+        rows.append(
+            (
+                "SpecMask",
+                f"batched vs Algorithm 1 per sample, pure Python (batch {p.get('batch', '?')} x 1000 x 128)",
+                _x(p.get("reference_speedup")),
+                ">= 10x",
+                _verdict(p.get("reference_speedup"), 10),
+                f"{p.get('batched_ms', 'n/a')} ms vs {p.get('reference_ms', 'n/a')} ms",
+            )
+        )
+        rows.append(
+            (
+                "SpecMask",
+                "batched vs per-sample torch-slicing loop",
+                _x(p.get("tensor_loop_speedup")),
+                "",
+                "",
+                f"{p.get('tensor_loop_ms', 'n/a')} ms",
+            )
+        )
+    r = results.get("patching")
+    if r and r.parsed.get("rows"):
+        p = r.parsed
+        table = p["rows"]
+        square, fftp248 = table.get("square-1212", {}), table.get("fftp-248", {})
+        rows.append(
+            (
+                "FFTP-AST",
+                "fftp-248 vs square-1212 forward latency (ViT-B)",
+                _x(p.get("fftp248_speedup"), 2),
+                ">= 4.5x",
+                _verdict(p.get("fftp248_speedup"), 4.5),
+                f"{_ms(fftp248.get('latency_s'))} vs {_ms(square.get('latency_s'))}",
+            )
+        )
+        if square.get("gmacs_paper") and table.get("fftp-991", {}).get("gmacs_paper"):
+            rows.append(
+                (
+                    "FFTP-AST",
+                    "GMACs, square-1212 / fftp-991 (linear + conv)",
+                    _x(square["gmacs_paper"] / table["fftp-991"]["gmacs_paper"], 2),
+                    "",
+                    "",
+                    f"{square['gmacs_paper']:.2f} vs {table['fftp-991']['gmacs_paper']:.2f} GMACs",
+                )
+            )
+        rows.append(
+            (
+                "FFTP-AST",
+                "transformers `ASTForAudioClassification` time / ours, same weights (square)",
+                _x(p.get("transformers_ast_time_ratio"), 2),
+                ">= 0.97x",
+                _verdict(p.get("transformers_ast_time_ratio"), 0.97),
+                "",
+            )
+        )
+    r = results.get("aum")
+    if r and r.parsed.get("mixer"):
+        mixer = r.parsed["mixer"]
+        rows.append(
+            (
+                "selective scan",
+                f"Mamba mixer forward, ours vs transformers `MambaMixer` slow path ({mixer.get('shape')})",
+                _x(mixer.get("forward_ratio")),
+                ">= 5x",
+                _verdict(mixer.get("forward_ratio"), 5),
+                f"{_ms(mixer['forward_s'].get('specpatch'))} vs {_ms(mixer['forward_s'].get('transformers'))}",
+            )
+        )
+        if mixer.get("forward_backward_ratio") is not None:
+            rows.append(
+                (
+                    "selective scan",
+                    "Mamba mixer forward + backward, ours vs `MambaMixer`",
+                    _x(mixer["forward_backward_ratio"]),
+                    ">= 20x",
+                    _verdict(mixer["forward_backward_ratio"], 20),
+                    f"{_ms(mixer.get('specpatch_forward_backward_s'))} vs "
+                    f"{_ms(mixer.get('transformers_forward_backward_s'))}",
+                )
+            )
+        else:
+            rows.append(
+                (
+                    "selective scan",
+                    "Mamba mixer forward + backward vs `MambaMixer`",
+                    "skipped (--quick)",
+                    ">= 20x",
+                    "",
+                    f"ours {_ms(mixer.get('specpatch_forward_backward_s'))}",
+                )
+            )
+        model = r.parsed.get("model", {})
+        if "fftp-248" in model:
+            rows.append(
+                (
+                    "FFTP-AuM",
+                    f"fftp-248 vs square-1212 forward latency (AuM-{r.parsed.get('size', '?')})",
+                    _x(1 / model["fftp-248"]["ratio_to_square"], 2),
+                    "",
+                    "",
+                    f"{_ms(model['fftp-248']['latency_s'])} vs {_ms(model['square-1212']['latency_s'])}",
+                )
+            )
+    r = results.get("sblu")
+    if r:
+        p = r.parsed
+        for section, label in (("adaptive", "adaptive"), ("non_adaptive", "non-adaptive")):
+            table = p.get(section, {})
+            best = "recursive" if section == "adaptive" else "conv"
+            if best in table and "reference" in table:
+                row = table[best]
+                memory = f", peak memory x{row['memory_ratio']:.2f}" if row.get("memory_ratio") is not None else ""
+                rows.append(
+                    (
+                        "SBLU",
+                        f"{label} SBLU conv, `{best}` vs direct form (batch {p.get('batch', '?')}), fwd / fwd+bwd{memory}",
+                        f"{_x(row['forward_speedup'])} / {_x(row['forward_backward_speedup'])}",
+                        "",
+                        "",
+                        f"{row['forward_backward_ms']:.1f} ms vs {table['reference']['forward_backward_ms']:.1f} ms (fwd+bwd)",
+                    )
+                )
+    r = results.get("aape")
+    if r:
+        p = r.parsed
+        steps = p.get("steps", {})
+        if "standard" in steps and "aape" in steps:
+            rows.append(
+                (
+                    "AaPE-ViT",
+                    f"pre-training step, AaPE / standard patch embedding ({p.get('clips', '?')} clip(s) x "
+                    f"{p.get('views', '?')} views)",
+                    _x(p.get("step_ratio"), 2),
+                    "overhead < 35 %",
+                    "met" if (p.get("overhead_percent") or 100) < 35 else "**not met**",
+                    f"{steps['aape']['step_s']:.2f} s vs {steps['standard']['step_s']:.2f} s per step "
+                    f"(AaPE overhead {p.get('overhead_percent')} %)",
+                )
+            )
+        counts = p.get("counts", {})
+        for kind in ("standard", "aape_nonadaptive", "aape"):
+            if kind in counts:
+                measured, paper = counts[kind]["measured"], counts[kind]["paper_m"]
+                rows.append(
+                    (
+                        "AaPE-ViT",
+                        f"patch-embedding parameters, `{kind}` / paper ({paper:.2f}M)",
+                        f"{measured / (paper * 1e6):.3f}",
+                        "",
+                        "",
+                        f"{measured:,}",
+                    )
+                )
+    return rows
+
+
+def preset_table(results: dict[str, RunResult]) -> list[str]:
+    patching = results.get("patching")
+    aum = results.get("aum")
+    ast_rows = patching.parsed.get("rows", {}) if patching else {}
+    aum_rows = aum.parsed.get("model", {}) if aum else {}
+    if not ast_rows and not aum_rows:
+        return []
+    aum_size = aum.parsed.get("size", "tiny") if aum else "?"
+    lines = [
+        f"| patching | patches | AST GMACs (linear + conv) | AST GMACs (with attention) | AST latency vs square "
+        f"| AuM-{aum_size} latency vs square | paper GFLOPs (AST) | paper latency vs square (A100) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    paper_square = PAPER_TABLE_III["square-1212"][1]
+    for preset in PRESET_ORDER:
+        ast = ast_rows.get(preset, {})
+        am = aum_rows.get(preset, {})
+        patches = ast.get("patches", am.get("patches", ""))
+        paper_gflops, paper_ms = PAPER_TABLE_III[preset]
+
+        def fmt(value, pattern):
+            return pattern.format(value) if value is not None else "n/a"
+
+        lines.append(
+            f"| {preset} | {patches} | {fmt(ast.get('gmacs_paper'), '{:.2f}')} | {fmt(ast.get('gmacs_full'), '{:.2f}')} "
+            f"| {fmt(1 / ast['speedup_vs_square'] if ast.get('speedup_vs_square') else None, '{:.3f}')} "
+            f"| {fmt(am.get('ratio_to_square'), '{:.3f}')} | {paper_gflops:.2f} | {paper_ms / paper_square:.3f} |"
+        )
+    return lines
+
+
+def render_markdown(
+    results: dict[str, RunResult],
+    machine: dict,
+    load_before,
+    load_after,
+    quick: bool,
+    command: str,
+    gpu_rows: list[dict] | None = None,
+    started: str | None = None,
+    total_seconds: float | None = None,
+) -> str:
+    lines = [
+        "# specpatch benchmark results",
+        "",
+        f"Generated by `{command}`{' (quick mode)' if quick else ''} on {started or 'an unknown date'}"
+        + (f", {total_seconds / 60:.1f} min in all." if total_seconds else "."),
+        "Everything below was measured by this project in this one run; the FFTP paper's own figures (Table III, one "
+        "A100) appear only in the columns marked *paper*. Ratios are measured side by side (interleaved runs in "
+        "one process) and compare across machines; absolute times are this machine's.",
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {machine['cpu']}, {machine['logical_cores']} logical cores ({machine['usable_cores']} usable)",
+        f"- torch {machine['torch']} ({machine['torch_threads']} threads by default), transformers "
+        f"{machine['transformers']}, Python {machine['python']}, {machine['os']}",
+        f"- GPU: {machine['gpu'] or 'none (CPU only)'}; mamba_ssm kernels: {'yes' if machine.get('mamba_ssm') else 'no'}",
+    ]
+    cores = machine.get("usable_cores") or 1
+    if load_before and load_after:
+        lines.append(
+            f"- load average (1, 5, 15 min): {load_before} before, {load_after} after the run, on {cores} cores"
+        )
+        if max(load_before[0], load_after[0], load_before[1]) > 0.75 * cores:
+            lines.append(
+                f"- **The machine was shared and loaded during this run** (1-minute load up to "
+                f"{max(load_before[0], load_after[0]):.1f} on {cores} cores): absolute times are inflated and noisy; "
+                "the ratios, from interleaved runs, are the figures to read, and even they carry more noise than on "
+                "an idle machine (multi-threaded kernels suffer most from oversubscribed cores)."
+            )
+    lines += ["", "## Summary: ratios measured side by side", ""]
+    lines += [
+        "| benchmark | comparison | ratio | target | | absolute, this machine |",
+        "|---|---|---:|---|---|---|",
+    ]
+    for row in summary_rows(results):
+        lines.append("| " + " | ".join(str(cell) for cell in row) + " |")
+    failed = [r for r in results.values() if r.returncode != 0]
+    if failed:
+        lines += [
+            "",
+            "Failed: " + ", ".join(f"`{r.key}` (exit {r.returncode})" for r in failed) + "; see the raw output.",
+        ]
+    table = preset_table(results)
+    if table:
+        lines += [
+            "",
+            "## Patch count and cost per Table II patching",
+            "",
+            "AST: FFTP-AST at ViT-B width (768 wide, 12 layers), batch 1, random weights; GMACs counted with "
+            "`torch.utils.flop_counter`. AuM: FFTP-AuM forward latency, batch 1. Latencies are ratios to the same "
+            "model's square (16 x 16, stride 10, 1212 patches) configuration; lower is faster.",
+            "",
+            *table,
+        ]
+    if gpu_rows:
+        lines += [
+            "",
+            "## GPU: absolute latency and throughput",
+            "",
+            "| model | patching | patches | batch | ms / batch | clips / s |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for row in gpu_rows:
+            lines.append(
+                f"| {row['model']} | {row['setting']} | {row['patches']} | {row['batch']} | {row['ms_per_batch']:.2f} "
+                f"| {row['clips_per_s']:.1f} |"
+            )
+    lines += ["", "## Raw output of every benchmark", ""]
+    for result in results.values():
+        command_line = " ".join(os.path.relpath(c, REPO) if c.startswith(REPO) else c for c in result.command[1:])
+        lines += [
+            "<details>",
+            f"<summary><code>python {command_line}</code>: exit {result.returncode}, {result.seconds:.0f} s</summary>",
+            "",
+            "```text",
+            result.stdout.rstrip() or "(no output)",
+        ]
+        if result.returncode != 0:
+            lines += ["--- stderr (last lines) ---", *result.stderr.rstrip().splitlines()[-20:]]
+        lines += ["```", "", "</details>", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _relative_json_paths(result: RunResult) -> None:
+    """Replace the temporary JSON path in a command by a readable placeholder."""
+    result.command = [re.sub(r".*/(\w+\.json)$", r"\1", c) if c.endswith(".json") else c for c in result.command]
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short run: fewer repeats, smaller batches")
+    parser.add_argument("--only", help="comma-separated benchmark keys: " + ",".join(b.key for b in BENCHMARKS_TO_RUN))
+    parser.add_argument(
+        "--output", default=DEFAULT_OUTPUT, help="markdown file to write (default benchmarks/RESULTS.md)"
+    )
+    parser.add_argument("--json", help="also write everything measured to this JSON file")
+    parser.add_argument(
+        "--device", default=None, help="device for the scripts that take one (default: cuda if visible)"
+    )
+    parser.add_argument("--gpu-batch", type=int, default=32, help="batch of the GPU throughput section")
+    args = parser.parse_args(argv)
+
+    import tempfile
+
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    selected = BENCHMARKS_TO_RUN
+    if args.only:
+        keys = args.only.split(",")
+        unknown = sorted(set(keys) - {b.key for b in BENCHMARKS_TO_RUN})
+        if unknown:
+            raise SystemExit(f"Unknown benchmark(s) {unknown}; choose from {[b.key for b in BENCHMARKS_TO_RUN]}.")
+        selected = [b for b in BENCHMARKS_TO_RUN if b.key in keys]
+
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    machine = machine_info()
+    load_before = load_average()
+    begin = time.perf_counter()
+    results = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        for benchmark in selected:
+            print(f"[run_all] {benchmark.key}: {benchmark.script} ...", flush=True)
+            result = run_benchmark(benchmark, args.quick, device, workdir)
+            _relative_json_paths(result)
+            results[benchmark.key] = result
+            status = "ok" if result.returncode == 0 else f"FAILED (exit {result.returncode})"
+            print(f"[run_all] {benchmark.key}: {status} in {result.seconds:.0f} s", flush=True)
+    gpu_rows = None
+    if device.startswith("cuda"):
+        print("[run_all] GPU throughput ...", flush=True)
+        gpu_rows = gpu_throughput(device, batch_size=args.gpu_batch, repeats=3 if args.quick else 10)
+    load_after = load_average()
+    total = time.perf_counter() - begin
+
+    command = "python benchmarks/run_all.py" + (" --quick" if args.quick else "")
+    if args.only:
+        command += f" --only {args.only}"
+    markdown = render_markdown(
+        results, machine, load_before, load_after, args.quick, command, gpu_rows, started, total
+    )
+    with open(args.output, "w") as handle:
+        handle.write(markdown)
+    print(f"[run_all] wrote {args.output}")
+    everything = {
+        "machine": machine,
+        "load_before": load_before,
+        "load_after": load_after,
+        "quick": args.quick,
+        "results": {
+            key: {"parsed": r.parsed, "returncode": r.returncode, "seconds": r.seconds} for key, r in results.items()
+        },
+        "gpu": gpu_rows,
+    }
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(everything, handle, indent=1, default=str)
+    return everything
+
+
+if __name__ == "__main__":
+    main()
