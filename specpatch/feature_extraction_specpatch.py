@@ -377,7 +377,6 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
         fft_buffer = torch.zeros(chunk, self.n_fft, dtype=torch.float64, device=device)
         power64 = torch.empty(chunk, self.n_fft // 2 + 1, dtype=torch.float64, device=device)
         power = torch.empty(chunk, self.n_fft // 2 + 1, dtype=torch.float32, device=device)
-        spectrum_buffer = torch.empty(chunk, self.n_fft // 2 + 1, dtype=torch.complex128, device=device)
         for start in range(begin, end, chunk):
             stop = min(start + chunk, end)
             size = stop - start
@@ -390,7 +389,7 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
                 torch.sub(frame[:, 1:], dc_offsets[start:stop], out=windowed[:, 1:])
                 windowed[:, 1:].sub_(frame[:, :-1], alpha=KALDI_PREEMPHASIS)
                 windowed.mul_(window)
-            spectrum = torch.fft.rfft(fft_buffer[:size], dim=-1, out=spectrum_buffer[:size])
+            spectrum = torch.fft.rfft(fft_buffer[:size], dim=-1)
             torch.mul(spectrum.real, spectrum.real, out=power64[:size])
             power64[:size].addcmul_(spectrum.imag, spectrum.imag)
             power[:size].copy_(power64[:size])
