@@ -675,6 +675,7 @@ def main(argv=None) -> dict:
                         handlers=[logging.StreamHandler(sys.stdout)])
     if not accelerator.is_local_main_process:
         logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per checkpoint file otherwise
     import datasets
     import transformers
 
@@ -855,7 +856,8 @@ def main(argv=None) -> dict:
                 run_eval(f"step {state.global_step}")
             if args.checkpointing_steps and state.global_step % args.checkpointing_steps == 0:
                 state.extra["skipped_rows"] = sorted(skipped_rows)
-                save_checkpoint(accelerator, args.output_dir, state.global_step, args.checkpoints_total_limit)
+                path = save_checkpoint(accelerator, args.output_dir, state.global_step, args.checkpoints_total_limit)
+                logger.info("Checkpoint %s", path)
             if state.global_step >= total_steps:
                 finished_epoch = False
                 break
