@@ -62,7 +62,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (0: torch's default); 1 is steadiest on a busy machine"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
     models, inputs, rows = {}, {}, []
