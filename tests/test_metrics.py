@@ -16,16 +16,14 @@ from specpatch.metrics import accuracy, classification_metrics, mean_average_pre
 def test_map_hand_computed():
     # Class 0: positives ranked 1st and 3rd -> AP = (1/1 + 2/3) / 2 = 5/6.
     # Class 1: the single positive ranked 2nd -> AP = 1/2.
-    # Class 2: no positive -> excluded from the mean.
+    # Class 2: no positive -> nan, excluded from the mean.
     scores = np.array([[0.9, 0.1, 0.5], [0.8, 0.7, 0.2], [0.3, 0.9, 0.1], [0.1, 0.2, 0.3]])
     targets = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0, 0]])
     value, per_class = mean_average_precision(scores, targets, return_per_class=True)
-    # Class 0 ranks rows 0 (0.9, pos), 1 (0.8, neg), 2 (0.3, pos): AP = (1 + 2/3) / 2.
-    assert per_class[0] == pytest.approx((1 + 2 / 3) / 2)
-    # Class 1 ranks rows 2 (0.9, neg), 1 (0.7, pos): AP = 1/2.
+    assert per_class[0] == pytest.approx(5 / 6)
     assert per_class[1] == pytest.approx(0.5)
     assert math.isnan(per_class[2])
-    assert value == pytest.approx(((1 + 2 / 3) / 2 + 0.5) / 2)
+    assert value == pytest.approx((5 / 6 + 0.5) / 2)
 
 
 def test_map_matches_sklearn_on_classes_with_positives():
