@@ -73,6 +73,7 @@ from specpatch.training import (
     TrainingState,
     WeightEMA,
     cosine_schedule_with_warmup,
+    cpu_multiprocess,
     layer_decay_parameter_groups,
     per_device_batch_size,
     resolve_resume_path,
@@ -644,15 +645,6 @@ def evaluate(model, loader, extractor, accelerator, device) -> tuple[dict, np.nd
     return classification_metrics(all_logits, all_labels, multi_label), all_logits, all_labels, total_skipped
 
 
-def cpu_distributed() -> bool:
-    """True when several processes were launched (torchrun / `accelerate launch --multi_gpu`) on a machine without
-    an accelerator: accelerate then needs `cpu=True` to join them with gloo instead of running each one alone.
-    (`accelerate launch --cpu --num_processes N` starts a single process unless MPI is set up.)"""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    has_accelerator = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
-    return world_size > 1 and not has_accelerator
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.list_recipes:
@@ -665,7 +657,7 @@ def main(argv=None) -> dict:
     from tqdm.auto import tqdm
 
     accelerator = Accelerator(
-        cpu=cpu_distributed(),
+        cpu=cpu_multiprocess(),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,

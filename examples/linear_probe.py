@@ -56,7 +56,7 @@ from specpatch.data import (
 )
 from specpatch.feature_extraction_specpatch import SpecPatchFeatureExtractor
 from specpatch.metrics import classification_metrics
-from specpatch.training import cosine_schedule_with_warmup
+from specpatch.training import cosine_schedule_with_warmup, cpu_multiprocess
 
 logger = logging.getLogger("specpatch.linear_probe")
 
@@ -196,8 +196,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     from accelerate import Accelerator
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    accelerator = Accelerator(cpu=world > 1 and not torch.cuda.is_available(), mixed_precision=args.mixed_precision,
+    accelerator = Accelerator(cpu=cpu_multiprocess(), mixed_precision=args.mixed_precision,
                               log_with=None if args.report_to == "none" else args.report_to,
                               project_dir=args.output_dir)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO,

@@ -184,6 +184,18 @@ class WeightEMA(nn.Module):
         return self.averaged.module(*args, **kwargs)
 
 
+def cpu_multiprocess() -> bool:
+    """
+    Whether `Accelerator(cpu=...)` must be set: several processes were launched (torchrun, `accelerate launch
+    --multi_gpu --num_processes N`) on a machine without CUDA / XPU. accelerate then joins them with gloo; without
+    `cpu=True` each process would train alone. (`accelerate launch --cpu --num_processes N` starts one process unless
+    MPI is set up.)
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    has_accelerator = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+    return world_size > 1 and not has_accelerator
+
+
 def step_generator(seed: int, process_index: int, step: int, device: str | torch.device = "cpu") -> torch.Generator:
     """A generator whose state depends only on `(seed, process_index, step)`: each process draws different
     augmentations, identically in an uninterrupted and a resumed run."""
@@ -301,6 +313,7 @@ __all__ = [
     "TrainingState",
     "WeightEMA",
     "cosine_schedule_with_warmup",
+    "cpu_multiprocess",
     "latest_checkpoint",
     "layer_decay_parameter_groups",
     "layer_id_for_parameter",
