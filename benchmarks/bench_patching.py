@@ -49,8 +49,10 @@ def time_models(models: dict[str, torch.nn.Module], inputs: dict[str, torch.Tens
     with torch.inference_mode():
         for name, model in models.items():  # warm-up
             model(inputs[name])
-        for _ in range(repeats):
-            for name, model in models.items():
+        for repeat in range(repeats):
+            # alternate the order so that no model always runs right after the same neighbour
+            order = list(models.items()) if repeat % 2 == 0 else list(models.items())[::-1]
+            for name, model in order:
                 start = time.perf_counter()
                 model(inputs[name])
                 times[name].append(time.perf_counter() - start)
