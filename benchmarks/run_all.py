@@ -36,7 +36,9 @@ import platform
 import re
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,6 +94,7 @@ class RunResult:
     stderr: str
     data: dict = field(default_factory=dict)  # JSON written by the script, if any
     parsed: dict = field(default_factory=dict)
+    load_after: tuple | None = None  # 1, 5, 15-minute load average when the script finished
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -422,110 +425,123 @@ def _verdict(value, target) -> str:
     return "met" if value >= target else "**not met**"
 
 
-def summary_rows(results: dict[str, RunResult]) -> list[tuple]:
-    """(benchmark, comparison, ratio, target, verdict, absolute times on this machine) rows of the summary table."""
-    rows = []
-    r = results.get("features")
-    if r:
-        p = r.parsed
-        what = f"{p.get('clips', '?')} clips x {p.get('seconds', '?')} s"
-        rows.append(
-            (
-                "features",
-                f"kaldi fbank, batched torch vs transformers `ASTFeatureExtractor` ({what})",
-                _x(p.get("kaldi_speedup")),
-                ">= 10x",
-                _verdict(p.get("kaldi_speedup"), 10),
-                f"{p.get('kaldi_s', 'n/a')} s vs {p.get('ast_s', 'n/a')} s",
-            )
+def _rows_features(p: dict) -> list[tuple]:
+    what = f"{p.get('clips', '?')} clips x {p.get('seconds', '?')} s"
+    return [
+        (
+            "features",
+            f"speed-up of the batched torch kaldi fbank over transformers' `ASTFeatureExtractor` ({what})",
+            _x(p.get("kaldi_speedup")),
+            ">= 10x",
+            _verdict(p.get("kaldi_speedup"), 10),
+            f"{p.get('kaldi_s', 'n/a')} s vs {p.get('ast_s', 'n/a')} s",
+        ),
+        (
+            "features",
+            "speed-up of the batched AaPE log-mel over `ASTFeatureExtractor`",
+            _x(p.get("logmel_speedup")),
+            "",
+            "",
+            f"{p.get('logmel_s', 'n/a')} s",
+        ),
+    ]
+
+
+def _rows_specmask(p: dict) -> list[tuple]:
+    return [
+        (
+            "SpecMask",
+            "speed-up of batched SpecMask over Algorithm 1 per sample in pure Python "
+            f"(batch {p.get('batch', '?')} x 1000 x 128)",
+            _x(p.get("reference_speedup")),
+            ">= 10x",
+            _verdict(p.get("reference_speedup"), 10),
+            f"{p.get('batched_ms', 'n/a')} ms vs {p.get('reference_ms', 'n/a')} ms",
+        ),
+        (
+            "SpecMask",
+            "speed-up of batched SpecMask over a per-sample torch-slicing loop",
+            _x(p.get("tensor_loop_speedup")),
+            "",
+            "",
+            f"{p.get('tensor_loop_ms', 'n/a')} ms",
+        ),
+    ]
+
+
+def _rows_patching(p: dict) -> list[tuple]:
+    table = p.get("rows") or {}
+    if not table:
+        return []
+    square, fftp248, fftp991 = (table.get(k, {}) for k in ("square-1212", "fftp-248", "fftp-991"))
+    rows = [
+        (
+            "FFTP-AST",
+            "speed-up of fftp-248 over square-1212, forward (ViT-B)",
+            _x(p.get("fftp248_speedup"), 2),
+            ">= 4.5x",
+            _verdict(p.get("fftp248_speedup"), 4.5),
+            f"{_ms(fftp248.get('latency_s'))} vs {_ms(square.get('latency_s'))}",
         )
-        rows.append(
-            (
-                "features",
-                "AaPE log-mel, batched torch vs `ASTFeatureExtractor`",
-                _x(p.get("logmel_speedup")),
-                "",
-                "",
-                f"{p.get('logmel_s', 'n/a')} s",
-            )
-        )
-    r = results.get("specmask")
-    if r:
-        p = r.parsed
-        rows.append(
-            (
-                "SpecMask",
-                f"batched vs Algorithm 1 per sample, pure Python (batch {p.get('batch', '?')} x 1000 x 128)",
-                _x(p.get("reference_speedup")),
-                ">= 10x",
-                _verdict(p.get("reference_speedup"), 10),
-                f"{p.get('batched_ms', 'n/a')} ms vs {p.get('reference_ms', 'n/a')} ms",
-            )
-        )
-        rows.append(
-            (
-                "SpecMask",
-                "batched vs per-sample torch-slicing loop",
-                _x(p.get("tensor_loop_speedup")),
-                "",
-                "",
-                f"{p.get('tensor_loop_ms', 'n/a')} ms",
-            )
-        )
-    r = results.get("patching")
-    if r and r.parsed.get("rows"):
-        p = r.parsed
-        table = p["rows"]
-        square, fftp248 = table.get("square-1212", {}), table.get("fftp-248", {})
+    ]
+    if square.get("gmacs_paper") and fftp991.get("gmacs_paper"):
         rows.append(
             (
                 "FFTP-AST",
-                "fftp-248 vs square-1212 forward latency (ViT-B)",
-                _x(p.get("fftp248_speedup"), 2),
-                ">= 4.5x",
-                _verdict(p.get("fftp248_speedup"), 4.5),
-                f"{_ms(fftp248.get('latency_s'))} vs {_ms(square.get('latency_s'))}",
+                "GMACs of square-1212 / fftp-991 (linear + conv)",
+                _x(square["gmacs_paper"] / fftp991["gmacs_paper"], 2),
+                "",
+                "",
+                f"{square['gmacs_paper']:.2f} vs {fftp991['gmacs_paper']:.2f} GMACs",
             )
         )
-        if square.get("gmacs_paper") and table.get("fftp-991", {}).get("gmacs_paper"):
+    rows.append(
+        (
+            "FFTP-AST",
+            "time of transformers' `ASTForAudioClassification` / ours, same weights (square)",
+            _x(p.get("transformers_ast_time_ratio"), 2),
+            ">= 0.97x",
+            _verdict(p.get("transformers_ast_time_ratio"), 0.97),
+            "",
+        )
+    )
+    return rows
+
+
+def _per_thread(value) -> dict:
+    """bench_aum reports some figures per thread count (`{"1 thread": x, "2 threads": y}`), earlier ones as one value."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    return {"": value}
+
+
+def _rows_aum(p: dict) -> list[tuple]:
+    rows = []
+    mixer = p.get("mixer") or {}
+    if mixer:
+        ratios = _per_thread(mixer.get("forward_ratio"))
+        times = mixer.get("forward_s") or {}
+        if ratios.keys() == {""}:
+            times = {"": times}
+        for key, ratio in ratios.items():
+            t = times.get(key) or {}
             rows.append(
                 (
-                    "FFTP-AST",
-                    "GMACs, square-1212 / fftp-991 (linear + conv)",
-                    _x(square["gmacs_paper"] / table["fftp-991"]["gmacs_paper"], 2),
-                    "",
-                    "",
-                    f"{square['gmacs_paper']:.2f} vs {table['fftp-991']['gmacs_paper']:.2f} GMACs",
+                    "selective scan",
+                    "speed-up of our Mamba mixer over transformers' `MambaMixer` slow path, forward"
+                    + (f", {key}" if key else "")
+                    + f" ({mixer.get('shape')})",
+                    _x(ratio),
+                    ">= 5x",
+                    _verdict(ratio, 5),
+                    f"{_ms(t.get('specpatch'))} vs {_ms(t.get('transformers'))}",
                 )
             )
-        rows.append(
-            (
-                "FFTP-AST",
-                "transformers `ASTForAudioClassification` time / ours, same weights (square)",
-                _x(p.get("transformers_ast_time_ratio"), 2),
-                ">= 0.97x",
-                _verdict(p.get("transformers_ast_time_ratio"), 0.97),
-                "",
-            )
-        )
-    r = results.get("aum")
-    if r and r.parsed.get("mixer"):
-        mixer = r.parsed["mixer"]
-        rows.append(
-            (
-                "selective scan",
-                f"Mamba mixer forward, ours vs transformers `MambaMixer` slow path ({mixer.get('shape')})",
-                _x(mixer.get("forward_ratio")),
-                ">= 5x",
-                _verdict(mixer.get("forward_ratio"), 5),
-                f"{_ms(mixer['forward_s'].get('specpatch'))} vs {_ms(mixer['forward_s'].get('transformers'))}",
-            )
-        )
         if mixer.get("forward_backward_ratio") is not None:
             rows.append(
                 (
                     "selective scan",
-                    "Mamba mixer forward + backward, ours vs `MambaMixer`",
+                    "speed-up of our Mamba mixer over `MambaMixer`, forward + backward",
                     _x(mixer["forward_backward_ratio"]),
                     ">= 20x",
                     _verdict(mixer["forward_backward_ratio"], 20),
@@ -537,75 +553,115 @@ def summary_rows(results: dict[str, RunResult]) -> list[tuple]:
             rows.append(
                 (
                     "selective scan",
-                    "Mamba mixer forward + backward vs `MambaMixer`",
-                    "skipped (--quick)",
+                    "speed-up of our Mamba mixer over `MambaMixer`, forward + backward",
+                    "not run (quick mode skips transformers' slow backward)",
                     ">= 20x",
                     "",
                     f"ours {_ms(mixer.get('specpatch_forward_backward_s'))}",
                 )
             )
-        model = r.parsed.get("model", {})
-        if "fftp-248" in model:
+    model = p.get("model") or {}
+    if "fftp-248" in model and "square-1212" in model:
+        rows.append(
+            (
+                "FFTP-AuM",
+                f"speed-up of fftp-248 over square-1212, forward (AuM-{p.get('size', '?')})",
+                _x(model["square-1212"]["latency_s"] / model["fftp-248"]["latency_s"], 2),
+                "",
+                "",
+                f"{_ms(model['fftp-248']['latency_s'])} vs {_ms(model['square-1212']['latency_s'])}",
+            )
+        )
+    return rows
+
+
+def _rows_sblu(p: dict) -> list[tuple]:
+    rows = []
+    for section, label in (("adaptive", "adaptive"), ("non_adaptive", "non-adaptive")):
+        table = p.get(section, {})
+        best = "recursive" if section == "adaptive" else "conv"
+        if best in table and "reference" in table:
+            row = table[best]
+            memory = f", peak memory x{row['memory_ratio']:.2f} of it" if row.get("memory_ratio") is not None else ""
             rows.append(
                 (
-                    "FFTP-AuM",
-                    f"fftp-248 vs square-1212 forward latency (AuM-{r.parsed.get('size', '?')})",
-                    _x(1 / model["fftp-248"]["ratio_to_square"], 2),
+                    "SBLU",
+                    f"speed-up of the {label} SBLU conv (`{best}`) over the direct form "
+                    f"(batch {p.get('batch', '?')}), fwd / fwd+bwd{memory}",
+                    f"{_x(row['forward_speedup'])} / {_x(row['forward_backward_speedup'])}",
                     "",
                     "",
-                    f"{_ms(model['fftp-248']['latency_s'])} vs {_ms(model['square-1212']['latency_s'])}",
+                    f"{row['forward_backward_ms']:.1f} ms vs {table['reference']['forward_backward_ms']:.1f} ms "
+                    "(fwd+bwd)",
                 )
             )
-    r = results.get("sblu")
-    if r:
-        p = r.parsed
-        for section, label in (("adaptive", "adaptive"), ("non_adaptive", "non-adaptive")):
-            table = p.get(section, {})
-            best = "recursive" if section == "adaptive" else "conv"
-            if best in table and "reference" in table:
-                row = table[best]
-                memory = f", peak memory x{row['memory_ratio']:.2f}" if row.get("memory_ratio") is not None else ""
-                rows.append(
-                    (
-                        "SBLU",
-                        f"{label} SBLU conv, `{best}` vs direct form (batch {p.get('batch', '?')}), fwd / fwd+bwd{memory}",
-                        f"{_x(row['forward_speedup'])} / {_x(row['forward_backward_speedup'])}",
-                        "",
-                        "",
-                        f"{row['forward_backward_ms']:.1f} ms vs {table['reference']['forward_backward_ms']:.1f} ms (fwd+bwd)",
-                    )
-                )
-    r = results.get("aape")
-    if r:
-        p = r.parsed
-        steps = p.get("steps", {})
-        if "standard" in steps and "aape" in steps:
+    return rows
+
+
+def _rows_aape(p: dict) -> list[tuple]:
+    rows = []
+    steps = p.get("steps", {})
+    if "standard" in steps and "aape" in steps:
+        overhead = p.get("overhead_percent")
+        rows.append(
+            (
+                "AaPE-ViT",
+                f"pre-training step time, AaPE / standard patch embedding ({p.get('clips', '?')} clip(s) x "
+                f"{p.get('views', '?')} views, ViT-B)",
+                _x(p.get("step_ratio"), 2),
+                "overhead < 35 %",
+                "" if overhead is None else ("met" if overhead < 35 else "**not met**"),
+                f"{steps['aape']['step_s']:.2f} s vs {steps['standard']['step_s']:.2f} s per step "
+                f"(AaPE overhead {overhead} % of its step)",
+            )
+        )
+    counts = p.get("counts", {})
+    for kind in ("standard", "aape_nonadaptive", "aape"):
+        if kind in counts:
+            measured, paper = counts[kind]["measured"], counts[kind]["paper_m"]
             rows.append(
                 (
                     "AaPE-ViT",
-                    f"pre-training step, AaPE / standard patch embedding ({p.get('clips', '?')} clip(s) x "
-                    f"{p.get('views', '?')} views)",
-                    _x(p.get("step_ratio"), 2),
-                    "overhead < 35 %",
-                    "met" if (p.get("overhead_percent") or 100) < 35 else "**not met**",
-                    f"{steps['aape']['step_s']:.2f} s vs {steps['standard']['step_s']:.2f} s per step "
-                    f"(AaPE overhead {p.get('overhead_percent')} %)",
+                    f"patch-embedding parameters, `{kind}`, ours / paper's {paper:.2f}M",
+                    f"{measured / (paper * 1e6):.3f}",
+                    "",
+                    "",
+                    f"{measured:,}",
                 )
             )
-        counts = p.get("counts", {})
-        for kind in ("standard", "aape_nonadaptive", "aape"):
-            if kind in counts:
-                measured, paper = counts[kind]["measured"], counts[kind]["paper_m"]
-                rows.append(
-                    (
-                        "AaPE-ViT",
-                        f"patch-embedding parameters, `{kind}` / paper ({paper:.2f}M)",
-                        f"{measured / (paper * 1e6):.3f}",
-                        "",
-                        "",
-                        f"{measured:,}",
-                    )
-                )
+    return rows
+
+
+_ROW_BUILDERS = {
+    "features": _rows_features,
+    "specmask": _rows_specmask,
+    "patching": _rows_patching,
+    "aum": _rows_aum,
+    "sblu": _rows_sblu,
+    "aape": _rows_aape,
+}
+
+
+def summary_rows(results: dict[str, RunResult]) -> list[tuple]:
+    """(benchmark, comparison, ratio, target, verdict, absolute times on this machine) rows of the summary table.
+
+    The scripts belong to several people and change; a row that cannot be built from what a script printed becomes a
+    pointer to its raw output instead of stopping the report."""
+    rows = []
+    for key, builder in _ROW_BUILDERS.items():
+        result = results.get(key)
+        if result is None:
+            continue
+        try:
+            built = builder(result.parsed)
+        except Exception as err:  # noqa: BLE001 - any parsing surprise: keep the report, point to the raw output
+            built = [
+                (key, f"could not summarise ({type(err).__name__}: {err}); see the raw output below", "", "", "", "")
+            ]
+        if not built:
+            status = "failed" if result.returncode != 0 else "printed nothing this report recognises"
+            built = [(key, f"{result.key} {status}; see the raw output below", "", "", "", "")]
+        rows.extend(built)
     return rows
 
 
@@ -650,7 +706,9 @@ def render_markdown(
     gpu_rows: list[dict] | None = None,
     started: str | None = None,
     total_seconds: float | None = None,
+    load_max: float | None = None,
 ) -> str:
+    """The RESULTS.md text: machine and load, the summary table, the per-patching table, GPU figures, raw outputs."""
     lines = [
         "# specpatch benchmark results",
         "",
@@ -669,19 +727,21 @@ def render_markdown(
     ]
     cores = machine.get("usable_cores") or 1
     if load_before and load_after:
+        peak = max(x for x in (load_max, load_before[0], load_after[0]) if x is not None)
         lines.append(
-            f"- load average (1, 5, 15 min): {load_before} before, {load_after} after the run, on {cores} cores"
+            f"- load average (1, 5, 15 min, `os.getloadavg()`): {tuple(load_before)} before, {tuple(load_after)} after "
+            f"the run, 1-minute peak {peak:.1f} between benchmarks, on {cores} cores"
         )
-        if max(load_before[0], load_after[0], load_before[1]) > 0.75 * cores:
+        if max(peak, load_before[1]) > 0.75 * cores:
             lines.append(
-                f"- **The machine was shared and loaded during this run** (1-minute load up to "
-                f"{max(load_before[0], load_after[0]):.1f} on {cores} cores): absolute times are inflated and noisy; "
-                "the ratios, from interleaved runs, are the figures to read, and even they carry more noise than on "
-                "an idle machine (multi-threaded kernels suffer most from oversubscribed cores)."
+                f"- **The machine was shared and loaded during this run** (1-minute load up to {peak:.1f} on {cores} "
+                "cores): absolute times are inflated and noisy; the ratios, from interleaved runs, are the figures to "
+                "read, and even they carry more noise than on an idle machine (multi-threaded kernels suffer most "
+                "from oversubscribed cores)."
             )
     lines += ["", "## Summary: ratios measured side by side", ""]
     lines += [
-        "| benchmark | comparison | ratio | target | | absolute, this machine |",
+        "| benchmark | comparison | ratio | target | verdict | absolute, this machine |",
         "|---|---|---:|---|---|---|",
     ]
     for row in summary_rows(results):
@@ -692,7 +752,10 @@ def render_markdown(
             "",
             "Failed: " + ", ".join(f"`{r.key}` (exit {r.returncode})" for r in failed) + "; see the raw output.",
         ]
-    table = preset_table(results)
+    try:
+        table = preset_table(results)
+    except Exception as err:  # noqa: BLE001 - see summary_rows
+        table = [f"(could not build the table: {type(err).__name__}: {err}; see the raw output)"]
     if table:
         lines += [
             "",
@@ -722,7 +785,9 @@ def render_markdown(
         command_line = " ".join(os.path.relpath(c, REPO) if c.startswith(REPO) else c for c in result.command[1:])
         lines += [
             "<details>",
-            f"<summary><code>python {command_line}</code>: exit {result.returncode}, {result.seconds:.0f} s</summary>",
+            f"<summary><code>python {command_line}</code>: exit {result.returncode}, {result.seconds:.0f} s"
+            + (f", load {result.load_after[0]:.1f} when it ended" if result.load_after else "")
+            + "</summary>",
             "",
             "```text",
             result.stdout.rstrip() or "(no output)",
@@ -738,21 +803,55 @@ def _relative_json_paths(result: RunResult) -> None:
     result.command = [re.sub(r".*/(\w+\.json)$", r"\1", c) if c.endswith(".json") else c for c in result.command]
 
 
+def _save(path: str, state: dict) -> None:
+    with open(path, "w") as handle:
+        json.dump(state, handle, indent=1, default=str)
+
+
+def _result_from_dict(key: str, raw: dict) -> RunResult:
+    result = RunResult(
+        key, raw["command"], raw["returncode"], raw["seconds"], raw["stdout"], raw["stderr"], raw.get("data") or {}
+    )
+    result.load_after = raw.get("load_after")
+    result.parsed = PARSERS[key](result.stdout, result.data)  # re-parsed with the current parsers
+    return result
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short run: fewer repeats, smaller batches")
     parser.add_argument("--only", help="comma-separated benchmark keys: " + ",".join(b.key for b in BENCHMARKS_TO_RUN))
+    parser.add_argument("--output", default=DEFAULT_OUTPUT, help="markdown file (default benchmarks/RESULTS.md)")
     parser.add_argument(
-        "--output", default=DEFAULT_OUTPUT, help="markdown file to write (default benchmarks/RESULTS.md)"
+        "--json",
+        default=os.path.join(tempfile.gettempdir(), "specpatch_run_all.json"),
+        help="raw outputs and parsed results, saved after every benchmark (default: %(default)s)",
     )
-    parser.add_argument("--json", help="also write everything measured to this JSON file")
-    parser.add_argument(
-        "--device", default=None, help="device for the scripts that take one (default: cuda if visible)"
-    )
+    parser.add_argument("--from-json", help="re-render the markdown from a --json file of an earlier run; run nothing")
+    parser.add_argument("--device", default=None, help="device for the scripts that take one (default: cuda if seen)")
     parser.add_argument("--gpu-batch", type=int, default=32, help="batch of the GPU throughput section")
     args = parser.parse_args(argv)
 
-    import tempfile
+    if args.from_json:
+        with open(args.from_json) as handle:
+            state = json.load(handle)
+        results = {key: _result_from_dict(key, raw) for key, raw in state["raw"].items()}
+        markdown = render_markdown(
+            results,
+            state["machine"],
+            state["load_before"],
+            state["load_after"],
+            state["quick"],
+            state["command"],
+            state.get("gpu"),
+            state["started"],
+            state.get("total_seconds"),
+            state.get("load_max"),
+        )
+        with open(args.output, "w") as handle:
+            handle.write(markdown)
+        print(f"[run_all] wrote {args.output} from {args.from_json}")
+        return state
 
     import torch
 
@@ -765,49 +864,66 @@ def main(argv=None) -> dict:
             raise SystemExit(f"Unknown benchmark(s) {unknown}; choose from {[b.key for b in BENCHMARKS_TO_RUN]}.")
         selected = [b for b in BENCHMARKS_TO_RUN if b.key in keys]
 
-    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    machine = machine_info()
-    load_before = load_average()
+    command = "python benchmarks/run_all.py" + (" --quick" if args.quick else "")
+    if args.only:
+        command += f" --only {args.only}"
+    state = {
+        "command": command,
+        "started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine_info(),
+        "load_before": load_average(),
+        "quick": args.quick,
+        "raw": {},
+    }
+    print(f"[run_all] raw results go to {args.json} (re-render with --from-json)", flush=True)
     begin = time.perf_counter()
-    results = {}
+    results, loads = {}, [state["load_before"]]
     with tempfile.TemporaryDirectory() as workdir:
         for benchmark in selected:
             print(f"[run_all] {benchmark.key}: {benchmark.script} ...", flush=True)
             result = run_benchmark(benchmark, args.quick, device, workdir)
             _relative_json_paths(result)
+            result.load_after = load_average()
+            loads.append(result.load_after)
             results[benchmark.key] = result
+            state["raw"][benchmark.key] = {
+                "command": result.command,
+                "returncode": result.returncode,
+                "seconds": result.seconds,
+                "stdout": result.stdout,
+                "stderr": result.stderr,
+                "data": result.data,
+                "load_after": result.load_after,
+            }
+            _save(args.json, state)
             status = "ok" if result.returncode == 0 else f"FAILED (exit {result.returncode})"
             print(f"[run_all] {benchmark.key}: {status} in {result.seconds:.0f} s", flush=True)
-    gpu_rows = None
     if device.startswith("cuda"):
         print("[run_all] GPU throughput ...", flush=True)
-        gpu_rows = gpu_throughput(device, batch_size=args.gpu_batch, repeats=3 if args.quick else 10)
-    load_after = load_average()
-    total = time.perf_counter() - begin
+        state["gpu"] = gpu_throughput(device, batch_size=args.gpu_batch, repeats=3 if args.quick else 10)
+    state["load_after"] = load_average()
+    loads.append(state["load_after"])
+    state["load_max"] = max((load[0] for load in loads if load), default=None)
+    state["total_seconds"] = time.perf_counter() - begin
+    state["parsed"] = {key: r.parsed for key, r in results.items()}
+    _save(args.json, state)
 
-    command = "python benchmarks/run_all.py" + (" --quick" if args.quick else "")
-    if args.only:
-        command += f" --only {args.only}"
     markdown = render_markdown(
-        results, machine, load_before, load_after, args.quick, command, gpu_rows, started, total
+        results,
+        state["machine"],
+        state["load_before"],
+        state["load_after"],
+        args.quick,
+        command,
+        state.get("gpu"),
+        state["started"],
+        state["total_seconds"],
+        state["load_max"],
     )
     with open(args.output, "w") as handle:
         handle.write(markdown)
     print(f"[run_all] wrote {args.output}")
-    everything = {
-        "machine": machine,
-        "load_before": load_before,
-        "load_after": load_after,
-        "quick": args.quick,
-        "results": {
-            key: {"parsed": r.parsed, "returncode": r.returncode, "seconds": r.seconds} for key, r in results.items()
-        },
-        "gpu": gpu_rows,
-    }
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(everything, handle, indent=1, default=str)
-    return everything
+    return state
 
 
 if __name__ == "__main__":

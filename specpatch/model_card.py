@@ -188,12 +188,17 @@ def _metadata(model_type: str, model_name: str, training: Mapping | None) -> str
             for metric in ("mAP", "accuracy")
             if isinstance(results.get(f"eval_{metric}"), (int, float))
         ] or None
+    datasets = list(_INFO[model_type]["datasets"])
+    if training and (training.get("args") or {}).get("dataset_name"):
+        # A checkpoint lists the dataset it was trained on, when that is a hub dataset ("owner/name", not a folder).
+        name = str(training["args"]["dataset_name"])
+        datasets = [name] if re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not os.path.exists(name) else None
     data = ModelCardData(
         library_name="transformers",
         pipeline_tag="audio-classification",
         license="apache-2.0",
         tags=list(_INFO[model_type]["tags"]),
-        datasets=list(_INFO[model_type]["datasets"]),
+        datasets=datasets,
         metrics=["mean_average_precision", "accuracy"],
         model_name=model_name if eval_results else None,  # the hub needs a name only for model-index results
         eval_results=eval_results,

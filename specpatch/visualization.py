@@ -287,9 +287,10 @@ def aape_sblu_parameters(model: torch.nn.Module, input_values: torch.Tensor) -> 
 
 
 def scaled_audioset_masking(num_frames: int, num_mel_bins: int = 128):
-    """`(SpecMask, SpecAugment)` with the FFTP paper's AudioSet settings scaled to the clip: SpecMask budget 20 % of
-    the cells (25,600 of 128 x 1000), masks up to `num_mel_bins` x `min(128, frames)`; SpecAugment time masks up to
-    `400 / 1000` of the frames, frequency masks up to 5 bins."""
+    """`(SpecMask, SpecAugment)` with the FFTP paper's AudioSet settings (1000 frames) scaled to the clip's frames, as
+    the built-in training recipe scales them: SpecMask budget 20 % of the cells (25,600 of 128 x 1000), masks up to
+    `num_mel_bins` mel x `128 / 1000` of the frames; SpecAugment time masks up to `400 / 1000` of the frames,
+    frequency masks up to 5 bins."""
     from .augmentation import SpecAugment, SpecMask
 
     if num_frames < 1 or num_mel_bins < 1:
@@ -297,7 +298,7 @@ def scaled_audioset_masking(num_frames: int, num_mel_bins: int = 128):
     spec_mask = SpecMask(
         budget=round(0.2 * num_frames * num_mel_bins),
         max_height=num_mel_bins,
-        max_width=min(128, num_frames),
+        max_width=max(1, min(num_frames, round(0.128 * num_frames))),
     )
     spec_augment = SpecAugment(freq_mask_param=min(5, num_mel_bins), time_mask_param=max(1, round(0.4 * num_frames)))
     return spec_mask, spec_augment

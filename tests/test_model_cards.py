@@ -56,12 +56,13 @@ def _read(path):
         return handle.read()
 
 
-def _check_metadata(card: str) -> dict:
+def _check_metadata(card: str, datasets: bool = True) -> dict:
     data = ModelCard(card).data.to_dict()
     assert data["library_name"] == "transformers"
     assert data["pipeline_tag"] == "audio-classification"
     assert data["license"] == "apache-2.0"
-    assert data["tags"] and data["datasets"] and data["metrics"]
+    assert data["tags"] and data["metrics"]
+    assert bool(data.get("datasets")) == datasets
     return data
 
 
@@ -144,7 +145,7 @@ def test_card_training_commands_parse(model_type):
         assert args.model_type == expected, line
 
 
-def _fake_run(directory, model_type):
+def _fake_run(directory, model_type, dataset):
     """The two files examples/finetune.py writes next to the model (same keys)."""
     results = {
         "recipe": "builtin",
@@ -161,21 +162,22 @@ def _fake_run(directory, model_type):
         "eval_skipped_clips": 0,
         "history": [],
     }
-    args = {"recipe": "builtin", "model_type": model_type, "dataset_name": "builtin", "batch_size": 32,
+    args = {"recipe": "builtin", "model_type": model_type, "dataset_name": dataset, "batch_size": 32,
             "learning_rate": 0.001, "masking": "specmask", "config_overrides": {"*": {"hidden_size": 32}}}  # fmt: skip
     for name, content in (("all_results.json", results), ("run_args.json", args)):
         with open(os.path.join(directory, name), "w") as handle:
             json.dump(content, handle)
 
 
-@pytest.mark.parametrize("model_type", ["fftp_ast", "aape_vit"])
-def test_write_model_card_into_a_checkpoint(model_type, tmp_path):
+@pytest.mark.parametrize("model_type, dataset", [("fftp_ast", "agkphysics/AudioSet"), ("aape_vit", "builtin")])
+def test_write_model_card_into_a_checkpoint(model_type, dataset, tmp_path):
     directory = _save_tiny_checkpoint(tmp_path / "model", model_type)
-    _fake_run(directory, model_type)
+    _fake_run(directory, model_type, dataset)
     path = write_model_card(directory)
     assert path == os.path.join(directory, "README.md")
     card = _read(path)
-    data = _check_metadata(card)
+    data = _check_metadata(card, datasets=dataset != "builtin")  # the built-in set is not a hub dataset
+    assert data.get("datasets") in (None, [dataset])
     metrics = data["model-index"][0]["results"][0]["metrics"]
     assert metrics == [{"type": "mAP", "value": 0.6123, "name": "mAP"}]
     model = AutoModelForAudioClassification.from_pretrained(directory)
