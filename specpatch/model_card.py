@@ -379,7 +379,10 @@ def _training(model_type: str, training: Mapping | None, pretraining_script: boo
         pretrain = (
             [
                 "```bash",
-                "accelerate launch examples/pretrain_aape.py  # the paper's pre-training recipe as defaults",
+                "# Table I recipe on agkphysics/AudioSet (unbalanced, labels unused)",
+                "accelerate launch examples/pretrain_aape.py --recipe aape-as2m",
+                "# a small model on the package's built-in dataset, offline (a smoke test of the whole chain)",
+                "python examples/pretrain_aape.py",
                 "```",
                 "",
             ]
@@ -397,11 +400,13 @@ def _training(model_type: str, training: Mapping | None, pretraining_script: boo
             "",
             *pretrain,
             "Fine-tuning (Table I of the paper): class token -> LayerNorm -> Linear, layer-wise learning-rate decay, "
-            "mixup 0.8, SpecAugment of 1/5 of the input, drop path 0.1, weight EMA 0.995 (none of these for ESC-50). "
+            "mixup 0.8, SpecAugment of 1/5 of the input, drop path 0.1, weight EMA 0.995 (ESC-50: no mixup, no "
+            "SpecAugment, no weight EMA). "
             "Peak learning rates and Adam betas were lost from the paper's text; the recipes use EAT's (marked "
             "*inferred*).",
             "",
             "```bash",
+            "# <pre-trained AaPE-ViT>: the output folder of pretrain_aape.py (its student encoder is loaded, new head)",
             "accelerate launch examples/finetune.py --recipe aape-as20k --model_name_or_path <pre-trained AaPE-ViT>",
             "accelerate launch examples/finetune.py --recipe aape-as2m --model_name_or_path <pre-trained AaPE-ViT>",
             "accelerate launch examples/finetune.py --recipe aape-esc50 --model_name_or_path <pre-trained AaPE-ViT> --eval_fold 1",
@@ -539,8 +544,8 @@ def _limitations(model_type: str) -> list[str]:
     lines = ["## Limitations", ""]
     if model_type == "aape_vit":
         lines += [
-            "- The AaPE paper's text lost most of its inline math and several values in extraction. Values this "
-            "implementation had to infer are config fields with documented defaults (`AaPEViTConfig`, "
+            "- The copy of the AaPE paper this implementation follows lost most of its inline math and several "
+            "values. Values that had to be inferred are config fields with documented defaults (`AaPEViTConfig`, "
             '"inferred"): SBLU channels H = 16, kernel 63, stride 4, output width 144, attenuation threshold 0.01, '
             "Lambda encoder width 128 with 3 blocks, number of masked views 16, mask block sizes 3-5, contrastive "
             "temperature 0.1, the feature normalisation statistics, peak learning rates. Parameter counts match the "
@@ -549,11 +554,13 @@ def _limitations(model_type: str) -> list[str]:
             "(`SpecPatchFeatureExtractor.compute_normalization_stats`, or `--norm_stats compute`).",
         ]
     else:
-        lines += [
-            "- The FFTP paper gives no learning rate or warm-up; the recipes use AST's values.",
-            "- FFTP models are trained from scratch in the paper; `FFTPASTForAudioClassification.from_ast` can start "
-            "from transformers' AST weights (positions interpolated, patch kernel resized), which the paper did not do.",
-        ]
+        lines.append("- The FFTP paper gives no learning rate or warm-up; the recipes use AST's values.")
+        if model_type == "fftp_ast":
+            lines.append(
+                "- FFTP models are trained from scratch in the paper; `FFTPASTForAudioClassification.from_ast` can "
+                "start from transformers' AST weights (positions interpolated, patch kernel resized), which the paper "
+                "did not do."
+            )
         if model_type == "fftp_aum":
             lines.append(
                 "- Without `mamba_ssm` the selective scan runs in PyTorch (chunked parallel scan): correct on every "
