@@ -17,6 +17,7 @@ Figures of the FFTP and AaPE papers for specpatch models, written as PNG files (
     # Patch count vs GMACs and latency, square vs FFTP (FFTP Fig. 4 / Table III): from the benchmarks' JSON ...
     python benchmarks/bench_patching.py --json patching.json && python benchmarks/bench_aum.py --json aum.json
     python examples/visualize.py efficiency --patching-json patching.json --aum-json aum.json --output cost.png
+    python examples/visualize.py efficiency --run-all-json /tmp/specpatch_run_all.json --output cost.png
     # ... or measured here (small widths for a quick look)
     python examples/visualize.py efficiency --measure --ast-overrides '{"hidden_size": 192}' --output cost.png
 
@@ -40,6 +41,7 @@ from specpatch.feature_extraction_specpatch import SpecPatchFeatureExtractor
 from specpatch.visualization import (
     aape_sblu_parameters,
     attention_rollout_map,
+    count_gmacs,
     efficiency_from_benchmarks,
     featurize_audio_file,
     featurize_waveform,
@@ -125,8 +127,21 @@ def aape_figure(model_path, audio, output, bins=32, trust_remote_code=False) -> 
 
 def efficiency_figure(args) -> str:
     results = {}
-    if args.patching_json or args.aum_json:
-        results.update(efficiency_from_benchmarks(args.patching_json, args.aum_json))
+    patching, aum = args.patching_json, args.aum_json
+    if args.run_all_json:  # the raw results benchmarks/run_all.py saves hold both scripts' JSON
+        with open(args.run_all_json) as handle:
+            raw = json.load(handle)["raw"]
+        patching = patching or (raw.get("patching") or {}).get("data") or None
+        aum = aum or (raw.get("aum") or {}).get("data") or None
+    if patching or aum:
+        for label, rows in efficiency_from_benchmarks(patching, aum).items():
+            if label == "FFTP-AST":
+                label = "FFTP-AST (ViT-B)"
+            elif label == "FFTP-AuM":
+                label = f"FFTP-AuM-{args.aum_size}"
+                if any(row["gmacs"] is None for row in rows):
+                    fill_aum_gmacs(rows, args.aum_size)  # bench_aum times the presets but counts no GMACs
+            results[label] = rows
     if args.measure:
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -139,11 +154,19 @@ def efficiency_figure(args) -> str:
             "fftp_aum", config_overrides=aum_overrides, repeats=args.repeats, device=args.device
         )
     if not results:
-        raise SystemExit("efficiency: give --patching-json and/or --aum-json, or --measure.")
+        raise SystemExit("efficiency: give --patching-json / --aum-json / --run-all-json, or --measure.")
     if args.save_json:
         with open(args.save_json, "w") as handle:
             json.dump(results, handle, indent=1)
     return plot_patch_efficiency(results, args.output, title=args.title)
+
+
+def fill_aum_gmacs(rows: list[dict], size: str) -> None:
+    """Counts the GMACs of FFTP-AuM-`size` for each row's patching (one forward of a clip, random weights)."""
+    for row in rows:
+        config = specpatch.FFTPAuMConfig.from_size(size, preset=row["config"], num_labels=527)
+        model = specpatch.FFTPAuMForAudioClassification(config).eval()
+        row["gmacs"] = count_gmacs(model, torch.randn(1, config.max_length, config.num_mel_bins))
 
 
 def _size_label(overrides: dict, default: str) -> str:
@@ -249,6 +272,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = commands.add_parser("efficiency", help="patch count vs GMACs and latency (FFTP Fig. 4 / Table III)")
     p.add_argument("--patching-json", help="output of benchmarks/bench_patching.py --json")
     p.add_argument("--aum-json", help="output of benchmarks/bench_aum.py --json")
+    p.add_argument("--run-all-json", help="raw results of benchmarks/run_all.py (both scripts' JSON)")
+    p.add_argument(
+        "--aum-size",
+        default="tiny",
+        choices=["tiny", "small", "base"],
+        help="AuM size bench_aum.py timed (its default: tiny); its GMACs are counted here",
+    )
     p.add_argument("--measure", action="store_true", help="measure FFTP-AST and FFTP-AuM here")
     p.add_argument("--ast-overrides", help="FFTP-AST config fields for --measure, e.g. '{\"hidden_size\": 192}'")
     p.add_argument("--aum-overrides", help="FFTP-AuM config fields for --measure, e.g. '{\"hidden_size\": 192}'")

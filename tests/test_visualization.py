@@ -12,7 +12,13 @@ import soundfile
 import torch
 from conftest import tiny_config
 
-from specpatch import AaPEViTForAudioClassification, FFTPASTConfig, FFTPASTForAudioClassification, SpecMask
+from specpatch import (
+    AaPEViTForAudioClassification,
+    FFTPASTConfig,
+    FFTPASTForAudioClassification,
+    FFTPAuMForAudioClassification,
+    SpecMask,
+)
 from specpatch.feature_extraction_specpatch import SpecPatchFeatureExtractor
 from specpatch.visualization import (
     aape_sblu_parameters,
@@ -197,6 +203,19 @@ def test_count_gmacs_counts_linear_layers_and_patch_conv():
     assert count_gmacs(model, torch.randn(2, 64, 128)) == pytest.approx(expected / 1e9)
 
 
+@pytest.mark.parametrize("bimamba_type", ["fo-bi", "bi-bi"])
+def test_count_gmacs_of_fftp_aum_is_the_same_with_the_scan_stand_in(bimamba_type):
+    model = FFTPAuMForAudioClassification(tiny_config("fftp_aum", bimamba_type=bimamba_type)).eval()
+    inputs = torch.randn(1, 64, 128)
+    with torch.no_grad():
+        before = model(inputs).logits
+    exact = count_gmacs(model, inputs, skip_selective_scan=False)
+    assert count_gmacs(model, inputs) == exact > 0
+    assert "_scan" not in vars(model.fftp_aum.layers[0].mixer)  # the real scan is back
+    with torch.no_grad():
+        torch.testing.assert_close(model(inputs).logits, before, rtol=0, atol=0)
+
+
 def test_measure_patching_efficiency_rows():
     rows = measure_patching_efficiency(
         "fftp_ast",
@@ -298,7 +317,15 @@ def test_visualize_cli_on_saved_checkpoints(tmp_path):
     (tmp_path / "aum.json").write_text(json.dumps(aum))
     efficiency = script.main(
         ["efficiency", "--patching-json", str(tmp_path / "p.json"), "--aum-json", str(tmp_path / "aum.json"),
-         "--output", str(tmp_path / "e.png")]
+         "--output", str(tmp_path / "e.png"), "--save-json", str(tmp_path / "rows.json")]
     )  # fmt: skip
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert sorted(rows) == ["FFTP-AST (ViT-B)", "FFTP-AuM-tiny"]
+    assert all(row["gmacs"] > 0 for row in rows["FFTP-AuM-tiny"])  # counted here: bench_aum counts none
+    run_all_json = {"raw": {"patching": {"data": patching}, "aum": {"data": aum}}}
+    (tmp_path / "run_all.json").write_text(json.dumps(run_all_json))
+    efficiency += script.main(
+        ["efficiency", "--run-all-json", str(tmp_path / "run_all.json"), "--output", str(tmp_path / "e2.png")]
+    )
     for path in rollout + aape + masks + efficiency:
         _assert_png(path)
