@@ -224,7 +224,7 @@ def aape_sblu_parameters(model: torch.nn.Module, input_values: torch.Tensor) -> 
 
     For the adaptive AaPE (`patch_embedding_type="aape"`) these are the Lambda encoder's estimates after the
     Sec. III-C bounds (`alpha = softplus(a) + alpha_min`, `omega = omega_low + (omega_high - omega_low) sigmoid(b)`),
-    read by a forward pre-hook on the SBLU module while the encoder runs, so they are exactly what the model
+    read by a forward pre-hook on the SBLU module while the patch embedding runs, so they are exactly what the model
     convolves with. For the non-adaptive ablation they are its learned fixed parameters, repeated over time.
 
     Args:
@@ -801,7 +801,9 @@ def plot_patch_efficiency(
     for index, (label, rows) in enumerate(series.items()):
         is_paper = paper_reference and index == len(series) - 1
         colour = "grey" if is_paper else colours[index % len(colours)]
+        # The paper's series goes under ours (same square-patch values would hide our markers otherwise).
         style = {"color": colour, "linestyle": "--" if is_paper else "-", "marker": "s" if is_paper else "o"}
+        order = 1 if is_paper else 3
         square = next((r for r in rows if r["config"] == "square-1212"), None)
         fftp = sorted((r for r in rows if r["config"] != "square-1212"), key=lambda r: r["patches"])
         for axis, key in ((gmacs_axis, "gmacs"), (latency_axis, "latency_s")):
@@ -812,12 +814,22 @@ def plot_patch_efficiency(
                 scale = square[key]
             points = [(r["patches"], r[key] / scale) for r in fftp if r.get(key) is not None]
             if points:
-                axis.plot(*zip(*points), **style)
+                axis.plot(*zip(*points), zorder=order, **style)
             if square is not None and square.get(key) is not None:
-                axis.plot(square["patches"], square[key] / scale, marker="X", markersize=12, color=colour)
+                size = 15 if is_paper else 11
+                axis.plot(
+                    square["patches"],
+                    square[key] / scale,
+                    marker="X",
+                    markersize=size,
+                    color=colour,
+                    markeredgecolor="white",
+                    zorder=order,
+                )
         name = label
         if square is not None and square.get("latency_s") and not is_paper:
-            name += f" (square: {1e3 * square['latency_s']:.3g} ms)"
+            milliseconds = 1e3 * square["latency_s"]
+            name += f" (square: {milliseconds:.0f} ms)" if milliseconds >= 10 else f" (square: {milliseconds:.3g} ms)"
         handles.append(Line2D([], [], label=name, **style))
     handles.append(
         Line2D(
