@@ -77,16 +77,21 @@ def synthetic_clip(seconds: float = 10.0, seed: int = 0, sampling_rate: int = 16
     return audio
 
 
-def rollout_figure(model_specs, audio, output, residual_weight=0.5, trust_remote_code=False) -> str:
-    """Attention rollout of one or more FFTP-AST / AaPE-ViT checkpoints on one clip (path or waveform at 16 kHz)."""
+def _features(extractor, audio, max_length=None):
+    if isinstance(audio, (str, os.PathLike)):
+        return featurize_audio_file(extractor, audio, max_length)
+    return featurize_waveform(extractor, audio, max_length)
+
+
+def rollout_figure(model_specs, audio, output, residual_weight=0.5, trust_remote_code=False, whole_clip=False) -> str:
+    """Attention rollout of one or more FFTP-AST / AaPE-ViT checkpoints on one clip (path or waveform at 16 kHz).
+    The clip is cut or padded to each extractor's `max_length` (what the model sees in the pipeline) unless
+    `whole_clip` (longer inputs get time-interpolated position embeddings)."""
     maps, log_mel, valid = {}, None, None
     for spec in model_specs:
         label, path = _label_and_path(spec)
         model, extractor = load_checkpoint(path, trust_remote_code)
-        if isinstance(audio, (str, os.PathLike)):
-            features, frames = featurize_audio_file(extractor, audio)
-        else:
-            features, frames = featurize_waveform(extractor, audio)
+        features, frames = _features(extractor, audio, -1 if whole_clip else None)
         relevance = attention_rollout_map(model, features, residual_weight)[0]
         if log_mel is None:
             log_mel, valid = log_mel_from_features(extractor, features)[0], frames
@@ -102,10 +107,7 @@ def rollout_figure(model_specs, audio, output, residual_weight=0.5, trust_remote
 def masks_figure(audio, output, seed=0, extractor=None) -> str:
     """SpecMask vs SpecAugment on the features of one clip (10 s AudioSet-like input by default)."""
     extractor = extractor or SpecPatchFeatureExtractor(max_length=1000)
-    if isinstance(audio, (str, os.PathLike)):
-        features, frames = featurize_audio_file(extractor, audio)
-    else:
-        features, frames = featurize_waveform(extractor, audio)
+    features, frames = _features(extractor, audio)
     spectrogram = features[0, :frames]
     examples = masking_examples(spectrogram, seed=seed)
     return plot_masking_comparison(
@@ -113,13 +115,11 @@ def masks_figure(audio, output, seed=0, extractor=None) -> str:
     )
 
 
-def aape_figure(model_path, audio, output, bins=32, trust_remote_code=False) -> str:
-    """AaPE's SBLU frequency / decay distributions over time for one clip."""
+def aape_figure(model_path, audio, output, bins=32, trust_remote_code=False, whole_clip=False) -> str:
+    """AaPE's SBLU frequency / decay distributions over time for one clip (cut to the extractor's `max_length`
+    unless `whole_clip`)."""
     model, extractor = load_checkpoint(model_path, trust_remote_code)
-    if isinstance(audio, (str, os.PathLike)):
-        features, frames = featurize_audio_file(extractor, audio)
-    else:
-        features, frames = featurize_waveform(extractor, audio)
+    features, frames = _features(extractor, audio, -1 if whole_clip else None)
     parameters = aape_sblu_parameters(model, features[:, :frames])
     log_mel = log_mel_from_features(extractor, features)[0, :frames]
     return plot_aape_parameters(parameters, output, log_mel=log_mel, bins=bins)
@@ -138,8 +138,8 @@ def efficiency_figure(args) -> str:
             if label == "FFTP-AST":
                 label = "FFTP-AST (ViT-B)"
             elif label == "FFTP-AuM":
-                label = f"FFTP-AuM-{args.aum_size}"
-                if any(row["gmacs"] is None for row in rows):
+                label = f"FFTP-AuM-{args.aum_size}" if args.aum_size != "none" else "FFTP-AuM"
+                if args.aum_size != "none" and any(row["gmacs"] is None for row in rows):
                     fill_aum_gmacs(rows, args.aum_size)  # bench_aum times the presets but counts no GMACs
             results[label] = rows
     if args.measure:
@@ -254,6 +254,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--audio", required=True, help="audio file (any format audio_utils.load_audio decodes)")
     p.add_argument("--output", default="rollout.png")
     p.add_argument("--residual-weight", type=float, default=0.5, help="identity share mixed into each layer")
+    p.add_argument("--whole-clip", action="store_true", help="the whole clip, not the extractor's max_length frames")
     p.add_argument("--trust-remote-code", action="store_true")
 
     p = commands.add_parser("masks", help="SpecMask vs SpecAugment (FFTP Fig. 2)")
@@ -267,6 +268,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--audio", required=True)
     p.add_argument("--bins", type=int, default=32)
     p.add_argument("--output", default="aape_parameters.png")
+    p.add_argument("--whole-clip", action="store_true", help="the whole clip, not the extractor's max_length frames")
     p.add_argument("--trust-remote-code", action="store_true")
 
     p = commands.add_parser("efficiency", help="patch count vs GMACs and latency (FFTP Fig. 4 / Table III)")
@@ -276,8 +278,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--aum-size",
         default="tiny",
-        choices=["tiny", "small", "base"],
-        help="AuM size bench_aum.py timed (its default: tiny); its GMACs are counted here",
+        choices=["tiny", "small", "base", "none"],
+        help="AuM size bench_aum.py timed (its default: tiny), whose GMACs are counted here; none: do not count",
     )
     p.add_argument("--measure", action="store_true", help="measure FFTP-AST and FFTP-AuM here")
     p.add_argument("--ast-overrides", help="FFTP-AST config fields for --measure, e.g. '{\"hidden_size\": 192}'")
@@ -299,13 +301,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> list[str]:
     args = parse_args(argv)
     if args.command == "rollout":
-        written = [rollout_figure(args.model, args.audio, args.output, args.residual_weight, args.trust_remote_code)]
+        written = [
+            rollout_figure(
+                args.model, args.audio, args.output, args.residual_weight, args.trust_remote_code, args.whole_clip
+            )
+        ]
     elif args.command == "masks":
         audio = args.audio if args.audio else synthetic_clip(10.0, args.seed)
         extractor = load_checkpoint(args.model)[1] if args.model else None
         written = [masks_figure(audio, args.output, args.seed, extractor)]
     elif args.command == "aape":
-        written = [aape_figure(args.model, args.audio, args.output, args.bins, args.trust_remote_code)]
+        written = [
+            aape_figure(args.model, args.audio, args.output, args.bins, args.trust_remote_code, args.whole_clip)
+        ]
     elif args.command == "efficiency":
         written = [efficiency_figure(args)]
     else:

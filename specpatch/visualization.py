@@ -175,24 +175,29 @@ def attention_rollout_map(
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def featurize_audio_file(extractor, audio_path: str | os.PathLike) -> tuple[torch.Tensor, int]:
+def featurize_audio_file(
+    extractor, audio_path: str | os.PathLike, max_length: int | None = None
+) -> tuple[torch.Tensor, int]:
     """Decodes an audio file (`audio_utils.load_audio`, resampled to the extractor's rate, mono) and computes the
-    extractor's features: `(input_values (1, max_length, mel), valid_frames)`; frames past `valid_frames` are
-    padding."""
+    extractor's features: `(input_values (1, frames, mel), valid_frames)`; frames past `valid_frames` are padding.
+    `max_length`: frames to pad / truncate to, the extractor's `max_length` by default, `-1` for the whole clip."""
     from .audio_utils import load_audio
 
     audio, _ = load_audio(audio_path, sampling_rate=extractor.sampling_rate)
-    return featurize_waveform(extractor, audio)
+    return featurize_waveform(extractor, audio, max_length)
 
 
-def featurize_waveform(extractor, audio: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Features `(1, max_length, mel)` and the number of valid frames of one mono clip at the extractor's rate."""
+def featurize_waveform(
+    extractor, audio: np.ndarray | torch.Tensor, max_length: int | None = None
+) -> tuple[torch.Tensor, int]:
+    """Features `(1, frames, mel)` and the number of valid frames of one mono clip at the extractor's rate (see
+    `featurize_audio_file` for `max_length`)."""
     waveform = torch.as_tensor(np.asarray(audio, dtype=np.float32)).reshape(1, -1)
     if waveform.shape[-1] < extractor.win_length:
         raise ValueError(
             f"The clip has {waveform.shape[-1]} samples, fewer than one analysis window ({extractor.win_length})."
         )
-    features, valid = extractor.extract_features(waveform)
+    features, valid = extractor.extract_features(waveform, max_length=max_length)
     return features, int(valid[0])
 
 
