@@ -851,7 +851,10 @@ def main(argv=None) -> dict:
                 path = save_checkpoint(accelerator, args.output_dir, state.global_step, args.checkpoints_total_limit)
                 logger.info("Checkpoint %s", path)
             if state.global_step >= total_steps:
-                finished_epoch = False
+                # the last step may also be the last of its epoch: then the epoch is complete
+                finished_epoch = bool(batches_per_epoch) and state.step_in_epoch >= steps_per_epoch(
+                    batches_per_epoch, args.gradient_accumulation_steps
+                )
                 break
         if finished_epoch:
             state.epoch += 1
