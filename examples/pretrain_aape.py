@@ -48,6 +48,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import hashlib
+import itertools
 import json
 import logging
 import re
@@ -458,6 +459,34 @@ class UnlabeledAudio:
         return clips
 
 
+class SkipFirstBatches:
+    """
+    Collate function of the first epoch of a resumed streaming run: the first `num_batches` batches are read but not
+    decoded (`None`), the rest are collated by `collate_fn`; the training loop drops the first `num_batches` batches.
+
+    The loader is built exactly as in an uninterrupted run (same dataset, epoch, workers and batch size), so it yields
+    the same batches in the same order: the run resumes mid-epoch on the same data. (`datasets.IterableDataset.skip`
+    cannot do this: the dataset it returns drops the shuffling configuration and the epoch, so from the second epoch
+    on, or with several shards, it skips rows of another order; and with several loader workers a per-worker skip
+    shifts the round-robin order of the batches.) The `DataLoader` hands batch `i` to worker `i % workers` while no
+    worker has run out of rows, so worker `w`'s `k`-th batch is batch `w + k * workers` or, once a worker ran out,
+    an earlier one: a batch skipped here is always one of the first `num_batches`.
+    """
+
+    def __init__(self, collate_fn, num_batches: int):
+        self.collate_fn = collate_fn
+        self.num_batches = int(num_batches)
+        self._calls = 0  # per process: each loader worker works on its own copy
+
+    def __call__(self, rows):
+        info = torch.utils.data.get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        local, self._calls = self._calls, self._calls + 1
+        if worker + local * workers < self.num_batches:
+            return None
+        return self.collate_fn(rows)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------------------------
@@ -614,8 +643,10 @@ def main(argv=None) -> dict:
             stream.set_epoch(epoch)
             loader = train_loader
             if skip:
-                loader = torch.utils.data.DataLoader(stream.skip(skip * per_device), batch_size=per_device,
-                                                     collate_fn=data.collator, num_workers=train_loader.num_workers)
+                resumed = torch.utils.data.DataLoader(stream, batch_size=per_device,
+                                                      collate_fn=SkipFirstBatches(data.collator, skip),
+                                                      num_workers=train_loader.num_workers)
+                loader = itertools.islice(resumed, skip, None)
         model.train()
         finished_epoch = True
         for batch in loader:
