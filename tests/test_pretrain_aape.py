@@ -127,11 +127,17 @@ def test_random_crop_against_slicing(script):
     assert torch.equal(short, waveforms[1:2, :300]) and short_lengths.tolist() == [300]
 
 
-def test_single_process_run_skips_corrupt_clip_and_loads_as_classifier(script, audioset_dir, tmp_path, caplog):
+def test_single_process_run_skips_corrupt_clip_and_loads_as_classifier(script, audioset_dir, tmp_path, caplog,
+                                                                      monkeypatch):
+    from accelerate import Accelerator
     from transformers import AutoFeatureExtractor
 
     from specpatch import AaPEViTForAudioClassification, AaPEViTForPreTraining
 
+    tracked = []  # what reaches accelerate's trackers (`--report_to`)
+    original_log = Accelerator.log
+    monkeypatch.setattr(Accelerator, "log", lambda self, values, step=None, **kw: (
+        tracked.append((step, dict(values))), original_log(self, values, step=step, **kw))[1])
     out = tmp_path / "run"
     common = ["--dataset_name", audioset_dir, "--cache_dir", str(tmp_path / "hf"), *TINY_ARGS]
     # 8 rows, 4 clips (16 views) per step: 2 steps per epoch, every row (the corrupt row 3 too) drawn in epoch 0.
@@ -146,6 +152,9 @@ def test_single_process_run_skips_corrupt_clip_and_loads_as_classifier(script, a
         parts = entry["masked_loss"] + entry["utterance_loss"] + 0.1 * entry["contrastive_loss"]
         assert entry["loss"] == pytest.approx(parts, rel=1e-5) and entry["contrastive_loss"] > 0
     assert [h["skipped_clips"] for h in results["history"]][-1] == results["train_skipped_clip_reads"]
+    assert [step for step, _ in tracked] == [1, 2, 3]
+    assert {"loss", "masked_loss", "utterance_loss", "contrastive_loss", "lr", "ema_momentum", "skipped_clips"} <= set(
+        tracked[-1][1]) and tracked[-1][1]["loss"] == results["history"][-1]["loss"]
     # Teacher momentum of the last update: DINOv2's cosine schedule at step 2 of 3.
     assert results["final_ema_momentum"] == pytest.approx(1.0 - 0.006 * (1 + math.cos(2 / 3 * math.pi)) / 2)
     assert os.path.isdir(out / "checkpoints" / "step_00000002")
