@@ -601,6 +601,11 @@ def main(argv=None) -> dict:
     resume_path = resolve_resume_path(args.resume, args.output_dir)
     if resume_path:
         accelerator.load_state(resume_path)  # model (student and teacher), optimizer, scheduler, state, RNG states
+        positions = state.extra.get("positions")
+        if positions and len(positions) == accelerator.num_processes:
+            # Streaming shards of unequal length put the processes at different points of their epochs; the
+            # checkpoint (written by the main process) holds every process's own position.
+            state.epoch, state.step_in_epoch = (int(v) for v in positions[accelerator.process_index])
         logger.info("Resumed from %s at %s", resume_path, state)
     device = accelerator.device
     unwrapped = accelerator.unwrap_model(model)
@@ -707,6 +712,7 @@ def main(argv=None) -> dict:
                 running, running_count = {k: 0.0 for k in LOSS_TERMS}, 0
             if args.checkpointing_steps and state.global_step % args.checkpointing_steps == 0:
                 state.extra["skip_events"], state.extra["skipped_rows"] = total_skips()
+                state.extra["positions"] = gather_object([(state.epoch, state.step_in_epoch)])
                 path = save_checkpoint(accelerator, args.output_dir, state.global_step, args.checkpoints_total_limit)
                 logger.info("Checkpoint %s", path)
             if state.global_step >= total_steps:
