@@ -74,6 +74,7 @@ from specpatch.modeling_aape_vit import AaPEViTForPreTraining
 from specpatch.training import (
     TrainingState,
     cosine_schedule_with_warmup,
+    cpu_multiprocess,
     layer_decay_parameter_groups,
     per_device_batch_size,
     resolve_resume_path,
@@ -492,14 +493,6 @@ class SkipFirstBatches:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def cpu_distributed() -> bool:
-    """True when several processes were launched (torchrun / `accelerate launch --multi_gpu`) on a machine without an
-    accelerator: accelerate then needs `cpu=True` to join them with gloo instead of running each one alone."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    has_accelerator = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
-    return world_size > 1 and not has_accelerator
-
-
 LOSS_TERMS = ("loss", "masked_loss", "utterance_loss", "contrastive_loss")
 
 
@@ -515,7 +508,7 @@ def main(argv=None) -> dict:
     from tqdm.auto import tqdm
 
     accelerator = Accelerator(
-        cpu=cpu_distributed(),
+        cpu=cpu_multiprocess(),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
