@@ -39,7 +39,6 @@ import argparse
 import json
 import logging
 import math
-import sys
 import time
 
 import numpy as np
@@ -73,8 +72,8 @@ from specpatch.training import (
     TrainingState,
     WeightEMA,
     cosine_schedule_with_warmup,
-    cpu_multiprocess,
     layer_decay_parameter_groups,
+    make_accelerator,
     per_device_batch_size,
     resolve_resume_path,
     save_checkpoint,
@@ -652,30 +651,10 @@ def main(argv=None) -> dict:
             print(f"{name}: {recipe['description']}")
         return {}
 
-    from accelerate import Accelerator
-    from accelerate.utils import gather_object, set_seed
+    from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
-    accelerator = Accelerator(
-        cpu=cpu_multiprocess(),
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_dir=args.output_dir,
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO,
-                        handlers=[logging.StreamHandler(sys.stdout)])
-    if not accelerator.is_local_main_process:
-        logging.getLogger().setLevel(logging.WARNING)
-    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per checkpoint file otherwise
-    import datasets
-    import transformers
-
-    datasets.utils.logging.set_verbosity_warning()
-    transformers.utils.logging.set_verbosity_warning()
-    if not accelerator.is_local_main_process:
-        datasets.utils.logging.disable_progress_bar()
-    set_seed(args.seed)
+    accelerator = make_accelerator(args)
     start_time = time.time()
     if args.model_name_or_path is None and args.model_type not in MODEL_TYPES:
         raise ValueError(f"--model_type must be one of {MODEL_TYPES}.")

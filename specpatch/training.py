@@ -196,6 +196,44 @@ def cpu_multiprocess() -> bool:
     return world_size > 1 and not has_accelerator
 
 
+def make_accelerator(args):
+    """The `Accelerator` and logging set-up shared by the training scripts.
+
+    Reads `args.gradient_accumulation_steps`, `mixed_precision`, `report_to`, `output_dir` and `seed`; joins CPU-only
+    processes with gloo (`cpu_multiprocess`), logs INFO to stdout on the local main process only, quiets accelerate's
+    per-file checkpoint lines and the datasets / transformers chatter, and seeds every library.
+    """
+    import logging
+    import sys
+
+    import datasets
+    import transformers
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    accelerator = Accelerator(
+        cpu=cpu_multiprocess(),
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_dir=args.output_dir,
+    )
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO,
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    if not accelerator.is_local_main_process:
+        logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per checkpoint file otherwise
+    datasets.utils.logging.set_verbosity_warning()
+    transformers.utils.logging.set_verbosity_warning()
+    if not accelerator.is_local_main_process:
+        datasets.utils.logging.disable_progress_bar()
+    set_seed(args.seed)
+    return accelerator
+
+
 def step_generator(seed: int, process_index: int, step: int, device: str | torch.device = "cpu") -> torch.Generator:
     """A generator whose state depends only on `(seed, process_index, step)`: each process draws different
     augmentations, identically in an uninterrupted and a resumed run."""
@@ -314,6 +352,7 @@ __all__ = [
     "WeightEMA",
     "cosine_schedule_with_warmup",
     "cpu_multiprocess",
+    "make_accelerator",
     "latest_checkpoint",
     "layer_decay_parameter_groups",
     "layer_id_for_parameter",
