@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_config
 from huggingface_hub.errors import StrictDataclassError
 
 from specpatch.configuration_aape_vit import AaPEViTConfig
@@ -23,30 +24,10 @@ PATCH_EMBEDDING_TYPES = ["standard", "aape_nonadaptive", "aape"]
 
 
 def tiny(**kwargs) -> AaPEViTConfig:
-    """128 mel bins x 64 frames, 16 x 16 patches: an 8 x 4 grid of 32 tokens."""
-    defaults = dict(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_length=64,
-        sblu_hidden_channels=4,
-        sblu_kernel_size=15,
-        sblu_output_dim=16,
-        sblu_highpass_taps=15,
-        lambda_hidden_size=16,
-        lambda_num_layers=1,
-        lambda_num_attention_heads=2,
-        lambda_intermediate_size=32,
-        predictor_hidden_size=32,
-        predictor_num_layers=1,
-        predictor_num_attention_heads=4,
-        predictor_intermediate_size=64,
-        num_views=2,
-        mask_block_size_range=[2, 3],
-        contrastive_projection_dim=16,
+    """128 mel bins x 64 frames, 16 x 16 patches: an 8 x 4 grid of 32 tokens (the shared tiny AaPE-ViT, 2 views)."""
+    return tiny_config(
+        "aape_vit", **{"num_views": 2, "mask_block_size_range": [2, 3], "contrastive_projection_dim": 16, **kwargs}
     )
-    return AaPEViTConfig(**{**defaults, **kwargs})
 
 
 def test_defaults_are_vit_b_on_8_x_38_patches():
