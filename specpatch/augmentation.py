@@ -31,6 +31,7 @@ per-cell work (painting the masks, filling) runs on the input's device.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import warnings
@@ -109,41 +110,80 @@ def _fill_values(input_values: torch.Tensor, mask_value) -> torch.Tensor:
     return torch.full((1, 1, 1), mask_value, dtype=input_values.dtype, device=input_values.device)
 
 
-def _paint_boxes(
-    frame_start: torch.Tensor,
-    mel_start: torch.Tensor,
-    width: torch.Tensor,
-    height: torch.Tensor,
-    num_frames: int,
-    num_mel: int,
-) -> torch.Tensor:
-    """
-    Boolean map `(batch, frames, mel)`, `True` where one of the boxes covers the cell, for boxes given as `(batch, R)`
-    tensors (rows with width or height 0 cover nothing).
+def _ragged_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenation of `arange(s, s + n)` for every `(s, n)` pair."""
+    values = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+    values += _arange(values.size)
+    return values
 
-    Box `r` sets bit `r` of a per-frame code for every frame it spans and of a per-mel-bin code for every bin it
-    spans; it covers cell `(t, f)` iff both codes have bit `r`, so the map is `(code_t[:, :, None] & code_f[:, None,
-    :]) != 0`: one pass over the map with the smallest integer type holding the bits (about twice as fast as a
-    batched float matmul of the two indicator matrices). Boxes are taken 32 at a time.
-    """
-    device = frame_start.device
-    batch, num_boxes = frame_start.shape
-    t = torch.arange(num_frames, device=device)
-    f = torch.arange(num_mel, device=device)
-    mask = None
-    for start in range(0, max(num_boxes, 1), 32):
-        group = slice(start, start + 32)
-        t0, f0 = frame_start[:, group, None], mel_start[:, group, None]
-        in_t = (t >= t0) & (t < t0 + width[:, group, None])  # (B, r, T)
-        in_f = (f >= f0) & (f < f0 + height[:, group, None])  # (B, r, F)
-        n = in_t.shape[1]
-        dtype = torch.uint8 if n <= 8 else torch.int16 if n <= 16 else torch.int32
-        bits = (torch.ones((), dtype=torch.long, device=device) << torch.arange(n, device=device)).to(dtype)
-        code_t = (in_t.to(dtype) * bits[:, None]).sum(1, dtype=dtype)  # distinct bits: the sum is a bitwise or
-        code_f = (in_f.to(dtype) * bits[:, None]).sum(1, dtype=dtype)
-        group_mask = (code_t[:, :, None] & code_f[:, None, :]).bool()  # nonzero test (a cast: faster than != 0)
-        mask = group_mask if mask is None else mask.logical_or_(group_mask)
-    return mask
+
+@functools.lru_cache(maxsize=4)
+def _arange_cache(size: int) -> np.ndarray:
+    out = np.arange(size)
+    out.flags.writeable = False
+    return out
+
+
+def _arange(size: int) -> np.ndarray:
+    """`np.arange(size)` as a read-only view of a cached array (saves allocating and faulting in a fresh one)."""
+    return _arange_cache(max(1 << 16, 1 << (size - 1).bit_length()))[:size]
+
+
+class _Boxes(NamedTuple):
+    """Placed masks as flat indices: whole `(frame)` rows of the full-frequency masks (into `batch * frames`) and
+    single cells of the local masks (into `batch * frames * mel`), with the sample each one belongs to."""
+
+    rows: np.ndarray
+    row_sample: np.ndarray
+    cells: np.ndarray
+    cell_sample: np.ndarray
+
+
+def _box_indices(sample, t0, t1, f0, f1, full, num_frames: int, num_mel: int) -> _Boxes:
+    """Flat indices of the cells covered by (non-overlapping) boxes given as 1-D numpy arrays."""
+    width = t1 - t0
+    rows = _ragged_ranges(sample[full] * num_frames + t0[full], width[full])
+    row_sample = np.repeat(sample[full], width[full])
+    local = ~full
+    per_row = [np.repeat(v[local], width[local]) for v in (sample, f0, f1 - f0)]  # one entry per local-box row
+    local_rows = _ragged_ranges(sample[local] * num_frames + t0[local], width[local])
+    cells = _ragged_ranges(local_rows * num_mel + per_row[1], per_row[2])
+    return _Boxes(rows, row_sample, cells, np.repeat(per_row[0], per_row[2]))
+
+
+def _empty_like(x: torch.Tensor) -> torch.Tensor:
+    """A contiguous uninitialised tensor like `x`. On CPU it is backed by a numpy array: numpy asks the kernel for
+    huge pages on large arrays (`madvise`), so writing a fresh batch-sized output costs far fewer page faults than
+    torch's own CPU allocation, which otherwise dominates SpecMask's time (several ms for a 16 MB batch)."""
+    if x.device.type != "cpu":
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+    int_type = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()]
+    np_type = torch.empty((), dtype=int_type).numpy().dtype
+    return torch.from_numpy(np.empty(x.shape, np_type)).view(x.dtype)
+
+
+def _paint(target: torch.Tensor, values: torch.Tensor, boxes: _Boxes) -> None:
+    """Sets the boxes' cells of the contiguous `(batch, frames, mel)` `target` to `values[sample]` (`values`:
+    `(batch,)`, target's dtype) in place: two scatters (whole frame rows, then local cells) for the whole batch.
+
+    On CPU the scatters run on numpy views of the memory (a bit pattern of the same width for dtypes numpy lacks,
+    such as bfloat16), which index far faster than torch's CPU indexing; on other devices the indices travel in one
+    (pinned, non-blocking) copy, so painting adds no host synchronisation."""
+    batch, frames, mel = target.shape
+    if target.device.type == "cpu":
+        if target.dtype != torch.bool:
+            int_type = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[target.element_size()]
+            target, values = target.view(int_type), values.view(int_type)
+        flat, bits = target.numpy().reshape(-1), values.numpy()
+        flat.reshape(batch * frames, mel)[boxes.rows] = bits[boxes.row_sample, None]
+        flat[boxes.cells] = bits[boxes.cell_sample]
+        return
+    sizes = [len(a) for a in boxes]
+    packed = torch.from_numpy(np.concatenate(boxes).astype(np.int64))
+    packed = packed.pin_memory() if target.is_cuda else packed
+    rows, row_sample, cells, cell_sample = packed.to(target.device, non_blocking=True).split(sizes)
+    target.view(batch * frames, mel).index_put_((rows,), values[row_sample, None].expand(-1, mel))
+    target.view(-1).index_put_((cells,), values[cell_sample])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -164,7 +204,7 @@ class SpecMaskDraw(NamedTuple):
             (samples that needed fewer masks than `max_masks` have padding rows, all zeros).
         area (`torch.LongTensor` of shape `(batch,)`): masked cells per sample (sum of the placed boxes' areas).
         draws (`torch.LongTensor` of shape `(batch,)`): masks drawn per sample, placed or dropped.
-        rounds (`int`): number of vectorised rounds run (each places at most one mask per sample).
+        rounds (`int`): number of vectorised rounds run (each draws at most one mask per sample).
     """
 
     mask: torch.Tensor
@@ -174,6 +214,28 @@ class SpecMaskDraw(NamedTuple):
     area: torch.Tensor
     draws: torch.Tensor
     rounds: int
+
+
+class _Placement(NamedTuple):
+    """Result of `SpecMask._place` (numpy): placed boxes as half-open intervals, `(batch, slots)` each."""
+
+    t0: np.ndarray
+    t1: np.ndarray
+    f0: np.ndarray
+    f1: np.ndarray
+    full: np.ndarray
+    count: np.ndarray
+    area: np.ndarray
+    draws: np.ndarray
+    rounds: int
+
+    def flat(self, num_frames: int, num_mel: int) -> _Boxes:
+        placed = np.arange(self.t0.shape[1]) < self.count[:, None]
+        sample = np.nonzero(placed)[0]
+        return _box_indices(
+            sample, self.t0[placed], self.t1[placed], self.f0[placed], self.f1[placed], self.full[placed],
+            num_frames, num_mel,
+        )  # fmt: skip
 
 
 class SpecMask(nn.Module):
@@ -187,8 +249,9 @@ class SpecMask(nn.Module):
     spectrogram; the position is accepted only if none of its cells is masked yet (no overlap), with up to
     `max_tries` positions per mask. A mask with no valid position among its `max_tries` is dropped and a new mask is
     drawn. Masked cells are set to the spectrogram's own mean (per sample, over all its cells, padding included,
-    computed before masking; `mask_value="mean"`, line 6) or to the float `mask_value`. Height is along mel, width along frames; the input layout is
-    `(batch, frames, mel)`. The last mask may overshoot the budget (the loop stops once `area >= budget`).
+    computed before masking; `mask_value="mean"`, line 6) or to the float `mask_value`. Height is along mel, width
+    along frames; the input layout is `(batch, frames, mel)`. The last mask may overshoot the budget (the loop stops
+    once `area >= budget`).
 
     **Prose vs. algorithm.** The paper's prose says that "70 % of masked area" is full-frequency, but Algorithm 1
     draws a full-frequency mask with probability 0.7 *per mask*. Full-frequency masks are taller (all mel bins
@@ -196,18 +259,24 @@ class SpecMask(nn.Module):
     is `p H / (p H + (1 - p) E[h])` when no mask is dropped, e.g. `0.7 * 128 / (0.7 * 128 + 0.3 * 64.5) = 0.822`
     for the AudioSet preset. This class implements Algorithm 1 (70 % of the *masks*), as the paper's code would.
 
-    **Vectorisation.** The batch is processed in rounds: in each round, every sample still under budget draws its
-    next mask(s) and all `max_tries` candidate positions of all samples are tested at once; the first valid
-    candidate is kept. Python loops only run over rounds, about as many as the largest number of masks in the batch
-    (4 to 10 for the AudioSet preset), never over samples or tries. A candidate's overlap with the masks placed so far
-    is tested against their rectangles (an interval test per placed mask: there are a handful, so this costs far less
-    than a pass over the spectrogram), or, once a sample holds more than `pairwise_max_masks` masks, in O(1) per
-    candidate through a 2-D summed-area table of the occupancy map; both tests are exact and agree. When placements
-    start failing (fragmented free space), a sample draws several masks per round: the first one with a valid
-    position is placed, the ones before it are Algorithm 1's dropped masks, the ones after it are discarded unused.
-    Since the draws are i.i.d. and the occupancy only changes at a placement, this leaves the distribution exactly
-    that of the one-mask-at-a-time loop. The random draws and this bookkeeping run on the generator's device (CPU by
-    default; the tensors are small), the mask painting and filling on the input's device.
+    **Vectorisation.** Masks never overlap, so a sample's mask map is fully described by its few placed rectangles,
+    and the whole placement runs on those rectangles (small integer arrays, in numpy on the CPU), never on the
+    spectrogram. Samples advance in lock-step rounds: in round `j` every sample still under budget takes its `j`-th
+    mask (sizes and candidate positions for a block of rounds are drawn at once) and tests its candidate positions
+    against its placed rectangles with an interval test, all samples and candidates in one array operation; the
+    first free candidate is kept, a mask without one is dropped (Algorithm 1's next draw is simply the next round).
+    Candidates are tested 8 at a time: when all of a mask's first 8 positions overlap (rare below ~50 % coverage)
+    the rest of its `max_tries` positions are drawn and tested; since the positions are i.i.d., the first free one
+    is the same draw as in the one-try-at-a-time loop, so the distribution is exactly Algorithm 1's. Python loops run
+    over rounds only (about the largest number of masks in the batch), never over samples, tries or cells. Then the
+    masked cells are written in two scatters for the whole batch (full-frequency masks as whole frame rows, local
+    masks as cells) directly into the output; nothing of the spectrogram's size is built besides the output.
+
+    **Randomness.** One 63-bit seed is drawn from `generator` (torch's global CPU generator when none is given) and
+    seeds a numpy PCG64 generator that makes every draw: the same generator state gives the same masks, on any
+    device. On CUDA, the masks cost no host synchronisation per round: the placement runs on the host and the
+    indices are copied once (pinned, non-blocking); only a CUDA `generator` costs one synchronisation per batch (to
+    read the seed).
 
     **Unreachable budgets.** `budget > frames * mel` raises a `ValueError` (as do `max_height > mel` and
     `max_width > frames`). Otherwise the budget is always reachable in principle (a 1 x 1 local mask fits any free
@@ -225,8 +294,6 @@ class SpecMask(nn.Module):
         max_tries (`int`, *optional*, defaults to 100): random placements tried per mask.
         mask_value (`"mean"` or `float`, *optional*, defaults to `"mean"`): fill value.
         max_draws (`int`, *optional*, defaults to 1000): maximum number of masks drawn per sample.
-        pairwise_max_masks (`int`, *optional*, defaults to 64): above this many placed masks per sample the overlap
-            test switches from rectangle intersection to the summed-area table.
 
     Example:
 
@@ -244,6 +311,8 @@ class SpecMask(nn.Module):
     SPEECH_COMMANDS = {"budget": 1_024, "max_height": 128, "max_width": 16}
     """Speech Commands preset of the paper (128 x 128 inputs): 1,024 cells, masks up to 128 mel x 16 frames."""
 
+    _FIRST_TRIES = 8  # candidate positions tested per mask before the rest of `max_tries` are drawn
+
     def __init__(
         self,
         budget: int,
@@ -253,7 +322,6 @@ class SpecMask(nn.Module):
         max_tries: int = 100,
         mask_value: str | float = "mean",
         max_draws: int = 1000,
-        pairwise_max_masks: int = 64,
     ):
         super().__init__()
         self.budget = _check_positive_int(budget, "SpecMask: budget (in cells)", allow_zero=True)
@@ -265,7 +333,6 @@ class SpecMask(nn.Module):
         self.max_tries = _check_positive_int(max_tries, "SpecMask: max_tries")
         self.mask_value = _check_mask_value(mask_value, "SpecMask")
         self.max_draws = _check_positive_int(max_draws, "SpecMask: max_draws")
-        self.pairwise_max_masks = _check_positive_int(pairwise_max_masks, "SpecMask: pairwise_max_masks", True)
 
     @classmethod
     def audioset(cls, **kwargs) -> SpecMask:
@@ -295,6 +362,98 @@ class SpecMask(nn.Module):
         if self.max_width > num_frames:
             raise ValueError(f"SpecMask: max_width {self.max_width} exceeds the number of frames {num_frames}.")
 
+    @staticmethod
+    def _numpy_rng(generator: torch.Generator | None) -> np.random.Generator:
+        """A numpy generator seeded from `generator` (one draw; torch's global CPU generator when `None`)."""
+        seed = torch.randint(0, 2**63 - 1, (), generator=generator, device=_random_device(generator))
+        return np.random.Generator(np.random.PCG64(int(seed)))
+
+    def _place(self, batch: int, T: int, F: int, rng: np.random.Generator) -> _Placement:
+        """Algorithm 1 for the whole batch on rectangles (numpy), see the class docstring."""
+        p, budget, max_draws = self.full_frequency_prob, self.budget, self.max_draws
+        first = min(self.max_tries, self._FIRST_TRIES)
+        more = self.max_tries - first
+        mean_area = ((self.max_width + 1) / 2) * (p * F + (1 - p) * (self.max_height + 1) / 2)
+        slots = 8
+        t0, t1, f0, f1 = (np.zeros((batch, slots), np.int64) for _ in range(4))  # unused slots: empty intervals
+        full = np.zeros((batch, slots), bool)
+        count, area, draws = (np.zeros(batch, np.int64) for _ in range(3))
+        rounds = 0
+        while True:
+            active = np.flatnonzero((area < budget) & (draws < max_draws))
+            n = active.size
+            if n == 0:
+                break
+            # A block of rounds: enough masks for most samples to reach the budget (more blocks follow if not).
+            need = int((budget - area[active]).max())
+            num = min(max(2, math.ceil(1.5 * need / mean_area) + 1), 64, max_draws - int(draws[active].min()))
+            # Lines 9-16: mask type and size, and the first candidate positions (uniform where the mask fits).
+            u = rng.random((n, num, 3 + 2 * first))
+            m_full = u[:, :, 0] < p
+            m_w = (u[:, :, 1] * self.max_width).astype(np.int64) + 1
+            m_h = np.where(m_full, F, (u[:, :, 2] * self.max_height).astype(np.int64) + 1)
+            c_t0 = (u[:, :, 3 : 3 + first] * (T - m_w + 1)[..., None]).astype(np.int64)
+            c_f0 = (u[:, :, 3 + first :] * (F - m_h + 1)[..., None]).astype(np.int64)
+            used = int(count[active].max())
+            if used + num > slots:
+                grow = max(2 * slots, used + num) - slots
+                t0, t1, f0, f1 = (np.pad(a, ((0, 0), (0, grow))) for a in (t0, t1, f0, f1))
+                full = np.pad(full, ((0, 0), (0, grow)))
+                slots += grow
+            b_t0, b_t1, b_f0, b_f1, b_full = (a[active] for a in (t0, t1, f0, f1, full))
+            b_count, b_area, b_draws = count[active], area[active], draws[active]
+            rows = np.arange(n)
+            for j in range(num):
+                live = (b_area < budget) & (b_draws < max_draws)
+                if not live.any():
+                    break
+                rounds += 1
+                w, h = m_w[:, j], m_h[:, j]
+                cand_t, cand_f = c_t0[:, j], c_f0[:, j]
+                free = self._free(cand_t, cand_f, w, h, b_t0, b_t1, b_f0, b_f1, used)
+                ok = free.any(1)
+                pick = free.argmax(1)
+                sel_t, sel_f = cand_t[rows, pick], cand_f[rows, pick]
+                retry = np.flatnonzero(live & ~ok)
+                if more and retry.size:  # the rest of max_tries for the masks whose first candidates all overlap
+                    r_w, r_h = w[retry], h[retry]
+                    u2 = rng.random((retry.size, 2, more))
+                    r_t = (u2[:, 0] * (T - r_w + 1)[:, None]).astype(np.int64)
+                    r_f = (u2[:, 1] * (F - r_h + 1)[:, None]).astype(np.int64)
+                    free2 = self._free(
+                        r_t, r_f, r_w, r_h, b_t0[retry], b_t1[retry], b_f0[retry], b_f1[retry], used
+                    )
+                    pick2 = free2.argmax(1)
+                    ok[retry] = free2.any(1)
+                    sel_t[retry] = r_t[np.arange(retry.size), pick2]
+                    sel_f[retry] = r_f[np.arange(retry.size), pick2]
+                b_draws += live
+                # Lines 17-19: record the placed masks.
+                idx = np.flatnonzero(live & ok)
+                if idx.size:
+                    slot = b_count[idx]
+                    b_t0[idx, slot], b_t1[idx, slot] = sel_t[idx], sel_t[idx] + w[idx]
+                    b_f0[idx, slot], b_f1[idx, slot] = sel_f[idx], sel_f[idx] + h[idx]
+                    b_full[idx, slot] = m_full[idx, j]
+                    b_count[idx] += 1
+                    b_area[idx] += w[idx] * h[idx]
+                    used += 1
+            t0[active], t1[active], f0[active], f1[active], full[active] = b_t0, b_t1, b_f0, b_f1, b_full
+            count[active], area[active], draws[active] = b_count, b_area, b_draws
+        return _Placement(t0, t1, f0, f1, full, count, area, draws, rounds)
+
+    @staticmethod
+    def _free(cand_t, cand_f, w, h, b_t0, b_t1, b_f0, b_f1, used: int) -> np.ndarray:
+        """`(n, tries)`: candidates (top-left corners `(n, tries)`, sizes `(n,)`) that overlap none of the first
+        `used` placed rectangles of their sample (two half-open intervals intersect iff each starts before the
+        other ends; empty slots never intersect)."""
+        if used == 0:
+            return np.ones(cand_t.shape, bool)
+        p_t0, p_t1, p_f0, p_f1 = (a[:, None, :used] for a in (b_t0, b_t1, b_f0, b_f1))
+        ct, cf = cand_t[..., None], cand_f[..., None]
+        overlap = (ct < p_t1) & (p_t0 < ct + w[:, None, None]) & (cf < p_f1) & (p_f0 < cf + h[:, None, None])
+        return ~overlap.any(-1)
+
     def sample_masks(
         self,
         batch_size: int,
@@ -306,137 +465,46 @@ class SpecMask(nn.Module):
         """
         Draws the SpecMask masks for a batch of `(num_frames, num_mel)` spectrograms without applying them.
 
-        The draws and the rectangle bookkeeping run on the generator's device (CPU by default); the returned tensors
-        are moved to `device` (defaults to that device). `forward(x, generator=g)` uses exactly these masks for the
-        same generator state.
+        The returned tensors are on `device` (defaults to the generator's device, CPU without one).
+        `forward(x, generator=g)` uses exactly these masks for the same generator state.
         """
         batch_size = _check_positive_int(batch_size, "SpecMask: batch_size")
         self._check_shape(num_frames, num_mel)
-        rdev = _random_device(generator)
-        B, T, F = batch_size, num_frames, num_mel
-        tries = self.max_tries
-        long = {"dtype": torch.long, "device": rdev}
-
-        # Placed masks, stored compactly per sample: row n_placed[b] is the next free slot of sample b.
-        capacity = 8
-        box_t0, box_f0, box_w, box_h = (torch.zeros(B, capacity, **long) for _ in range(4))
-        box_full = torch.zeros(B, capacity, dtype=torch.bool, device=rdev)
-        n_placed = torch.zeros(B, **long)
-        area = torch.zeros(B, **long)
-        draws = torch.zeros(B, **long)  # masks drawn per sample, placed or dropped
-        occupancy = None  # (B, T, F) int32, built only once the summed-area table is used
-        K = 1  # masks drawn per sample this round (adaptive, see below)
-        rounds = 0
-        while True:
-            # Only the samples still under budget (and within max_draws) take part in a round.
-            act = torch.nonzero((area < self.budget) & (draws < self.max_draws)).flatten()
-            n = act.numel()
-            if n == 0:
-                break
-            rounds += 1
-            rows = torch.arange(n, device=rdev)
-
-            # Algorithm 1, lines 9-15: mask type and size. Each active sample draws its next K masks at once
-            # (i.i.d.); the first one with a valid placement is placed, those before it are the dropped masks of
-            # Algorithm 1 and those after it are discarded unused. The occupancy only changes at a placement, so the
-            # placed masks are distributed exactly as in the one-mask-at-a-time loop.
-            full = torch.rand(n, K, generator=generator, device=rdev) < self.full_frequency_prob
-            width = torch.randint(1, self.max_width + 1, (n, K), generator=generator, device=rdev)
-            local_height = torch.randint(1, self.max_height + 1, (n, K), generator=generator, device=rdev)
-            height = torch.where(full, torch.full_like(local_height, F), local_height)
-
-            # Line 16: `max_tries` candidate positions per mask, uniform where the mask fits.
-            cand_t0 = _uniform_int(0, T - width, (n, K, tries), generator, rdev)
-            cand_f0 = _uniform_int(0, F - height, (n, K, tries), generator, rdev)
-            cand_t1 = cand_t0 + width[..., None]
-            cand_f1 = cand_f0 + height[..., None]
-
-            act_placed = n_placed[act]
-            max_placed = int(act_placed.max())
-            if max_placed == 0:
-                valid = torch.ones(n, K, tries, dtype=torch.bool, device=rdev)
-            elif max_placed <= self.pairwise_max_masks:
-                # Rectangle intersection against each placed mask: overlap iff both intervals intersect.
-                pt0, pf0, pw, ph = (b[act, None, None, :max_placed] for b in (box_t0, box_f0, box_w, box_h))
-                pt1, pf1 = pt0 + pw, pf0 + ph
-                overlap = (cand_t0[..., None] < pt1) & (pt0 < cand_t1[..., None])
-                overlap &= (cand_f0[..., None] < pf1) & (pf0 < cand_f1[..., None])
-                overlap &= (torch.arange(max_placed, device=rdev) < act_placed[:, None])[:, None, None, :]
-                valid = ~overlap.any(-1)
-            else:
-                # Summed-area table of the occupancy map: a candidate's masked-cell count is 4 look-ups.
-                if occupancy is None:
-                    occupancy = _paint_boxes(box_t0, box_f0, box_w, box_h, T, F).to(torch.int32)
-                sat = torch.zeros(n, T + 1, F + 1, dtype=torch.int32, device=rdev)
-                sat[:, 1:, 1:] = occupancy[act].cumsum(1).cumsum(2)
-                flat = sat.view(n, -1)
-                corners = [
-                    flat.gather(1, (t * (F + 1) + f).view(n, -1)).view(n, K, tries)
-                    for t in (cand_t0, cand_t1)
-                    for f in (cand_f0, cand_f1)
-                ]  # S[t0, f0], S[t0, f1], S[t1, f0], S[t1, f1]
-                valid = (corners[3] - corners[1] - corners[2] + corners[0]) == 0
-
-            # First placeable mask (within the sample's remaining max_draws) and its first valid candidate
-            # (argmax returns the first maximal index). A sample with none dropped all K masks.
-            remaining = self.max_draws - draws[act]
-            placeable = valid.any(2) & (torch.arange(K, device=rdev) < remaining[:, None])
-            found = placeable.any(1)
-            k = placeable.to(torch.uint8).argmax(1)
-            draws[act] += torch.where(found, k + 1, torch.clamp(remaining, max=K))
-            try_index = valid[rows, k].to(torch.uint8).argmax(1)
-
-            # Lines 17-19: record the placed masks and their area.
-            if max_placed >= capacity:
-                grow = torch.zeros(B, capacity, **long)
-                box_t0, box_f0, box_w, box_h = (torch.cat([b, grow], 1) for b in (box_t0, box_f0, box_w, box_h))
-                box_full = torch.cat([box_full, grow.bool()], 1)
-                capacity *= 2
-            sel = rows[found]
-            dst, k, try_index = act[sel], k[sel], try_index[sel]
-            slot = n_placed[dst]
-            t0, f0 = cand_t0[sel, k, try_index], cand_f0[sel, k, try_index]
-            w, h = width[sel, k], height[sel, k]
-            box_t0[dst, slot], box_f0[dst, slot], box_w[dst, slot], box_h[dst, slot] = t0, f0, w, h
-            box_full[dst, slot] = full[sel, k]
-            n_placed[dst] += 1
-            area[dst] += w * h
-            if occupancy is not None and dst.numel() > 0:
-                occupancy[dst] |= _paint_boxes(t0[:, None], f0[:, None], w[:, None], h[:, None], T, F).to(torch.int32)
-
-            # Draw more masks per round while placements fail (fragmented free space), fewer once they succeed:
-            # a speed heuristic that depends on past draws only, so the distribution is unchanged.
-            K = min(2 * K, 16) if bool((~found).any()) else max(K // 2, 1)
-
-        short = area < self.budget
-        if bool(short.any()):
-            warnings.warn(
-                f"SpecMask: {int(short.sum())} of {B} samples did not reach the budget of {self.budget} cells "
-                f"after max_draws={self.max_draws} masks; they are returned with less masked area.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-
-        out_device = torch.device(device) if device is not None else rdev
-        max_masks = int(n_placed.max())
-        boxes = torch.stack([box_t0, box_f0, box_w, box_h], dim=-1)[:, :max_masks].to(out_device)
-        placed = (torch.arange(max_masks, device=rdev) < n_placed[:, None]).to(out_device)
-        mask = _paint_boxes(boxes[..., 0], boxes[..., 1], boxes[..., 2], boxes[..., 3], T, F)
+        placement = self._draw(batch_size, num_frames, num_mel, generator)
+        out_device = torch.device(device) if device is not None else _random_device(generator)
+        mask = torch.zeros(batch_size, num_frames, num_mel, dtype=torch.bool, device=out_device)
+        _paint(mask, torch.ones(batch_size, dtype=torch.bool, device=out_device), placement.flat(num_frames, num_mel))
+        max_masks = int(placement.count.max())
+        boxes = np.stack([placement.t0, placement.f0, placement.t1 - placement.t0, placement.f1 - placement.f0], -1)
+        placed = np.arange(max_masks) < placement.count[:, None]
         return SpecMaskDraw(
             mask=mask,
-            boxes=boxes,
-            full_frequency=box_full[:, :max_masks].to(out_device),
-            placed=placed,
-            area=area.to(out_device),
-            draws=draws.to(out_device),
-            rounds=rounds,
+            boxes=torch.from_numpy(np.ascontiguousarray(boxes[:, :max_masks])).to(out_device),
+            full_frequency=torch.from_numpy(np.ascontiguousarray(placement.full[:, :max_masks])).to(out_device),
+            placed=torch.from_numpy(placed).to(out_device),
+            area=torch.from_numpy(placement.area).to(out_device),
+            draws=torch.from_numpy(placement.draws).to(out_device),
+            rounds=placement.rounds,
         )
+
+    def _draw(self, batch: int, T: int, F: int, generator) -> _Placement:
+        placement = self._place(batch, T, F, self._numpy_rng(generator))
+        short = placement.area < self.budget
+        if short.any():
+            warnings.warn(
+                f"SpecMask: {int(short.sum())} of {batch} samples did not reach the budget of {self.budget} cells "
+                f"after max_draws={self.max_draws} masks; they are returned with less masked area.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return placement
 
     def forward(
         self,
         input_values: torch.Tensor,
         generator: torch.Generator | None = None,
         return_mask: bool = False,
+        inplace: bool = False,
     ):
         """
         Masks a batch of spectrograms.
@@ -446,21 +514,31 @@ class SpecMask(nn.Module):
             generator (`torch.Generator`, *optional*): source of randomness (same state, same masks).
             return_mask (`bool`, *optional*, defaults to `False`): also return the boolean mask, same shape as
                 `input_values`, `True` where a cell was masked.
+            inplace (`bool`, *optional*, defaults to `False`): write the masks into `input_values` (which must be
+                contiguous and not require grad) and return it, instead of a new tensor: saves a copy of the batch.
 
         Returns:
-            The masked spectrograms (a new tensor, same shape, dtype and device), and the mask if `return_mask`.
+            The masked spectrograms (same shape, dtype and device), and the mask if `return_mask`.
         """
         input_values = _check_spectrogram(input_values, "SpecMask")
         squeeze = input_values.dim() == 2
         x = input_values.unsqueeze(0) if squeeze else input_values
         B, T, F = x.shape
+        self._check_shape(T, F)
+        if inplace and not x.is_contiguous():
+            raise ValueError("SpecMask(inplace=True) needs a contiguous input_values tensor.")
         with torch.no_grad():
-            draw = self.sample_masks(B, T, F, generator=generator, device=x.device)
-            fill = _fill_values(x, self.mask_value)
-        out = torch.where(draw.mask, fill, x)
-        mask = draw.mask
+            placement = self._draw(B, T, F, generator)
+            boxes = placement.flat(T, F)
+            fill = _fill_values(x, self.mask_value).reshape(-1).expand(B).contiguous()
+            out = x if inplace else _empty_like(x).copy_(x)
+            _paint(out, fill, boxes)
+            if return_mask:
+                mask = torch.zeros(B, T, F, dtype=torch.bool, device=x.device)
+                _paint(mask, torch.ones(B, dtype=torch.bool, device=x.device), boxes)
         if squeeze:
-            out, mask = out[0], mask[0]
+            out = out[0]
+            mask = mask[0] if return_mask else None
         return (out, mask) if return_mask else out
 
 

@@ -30,6 +30,8 @@ def _count_map(boxes, placed, num_frames, num_mel):
 SMALL = {"budget": 960, "max_height": 40, "max_width": 20}
 # A dense setting where placements fail and masks get dropped (about half the draws): 50 % budget, only 3 tries.
 DENSE = {"budget": 2400, "max_height": 40, "max_width": 20, "max_tries": 3}
+# Dense with more tries than SpecMask tests at once: the rest of max_tries are drawn for the masks whose first fail.
+DENSE_MORE_TRIES = {**DENSE, "max_tries": 20}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -134,7 +136,7 @@ def _batched_stats(kwargs, frames, mel, num, seed):
     return draw.placed.sum(1).numpy(), box_area.sum(1).numpy(), full_area.numpy()
 
 
-@pytest.mark.parametrize("kwargs", [SMALL, DENSE])
+@pytest.mark.parametrize("kwargs", [SMALL, DENSE, DENSE_MORE_TRIES])
 def test_specmask_matches_reference_statistics(kwargs):
     """The batched sampler and the pure-Python Algorithm 1 have the same distributions (z-tests, histogram TV)."""
     frames, mel = 120, 40
@@ -173,17 +175,27 @@ def test_reference_invariants_and_fill():
     assert torch.equal(out, out2)
 
 
-def test_specmask_sat_path_equals_pairwise_path():
-    """The summed-area-table overlap test and the rectangle test accept exactly the same candidates."""
-    kwargs = {**DENSE, "max_tries": 20}
-    a = SpecMask(**kwargs).sample_masks(64, 120, 40, generator=_gen(8))
-    b = SpecMask(**kwargs, pairwise_max_masks=0).sample_masks(64, 120, 40, generator=_gen(8))
-    c = SpecMask(**kwargs, pairwise_max_masks=3).sample_masks(64, 120, 40, generator=_gen(8))
-    assert a.placed.sum(1).max() > 3  # the switch at 3 masks really happens mid-way
-    for other in (b, c):
-        assert torch.equal(a.boxes, other.boxes)
-        assert torch.equal(a.mask, other.mask)
-        assert torch.equal(a.full_frequency, other.full_frequency)
+def test_specmask_overlap_test_matches_bitmap():
+    """The interval test accepts exactly the candidates whose cells are all free on a painted occupancy map."""
+    rng = np.random.default_rng(8)
+    n, slots, tries, frames, mel = 50, 12, 30, 40, 20
+    t0, f0 = rng.integers(0, frames - 5, (n, slots)), rng.integers(0, mel - 5, (n, slots))
+    t1, f1 = t0 + rng.integers(1, 6, (n, slots)), f0 + rng.integers(1, 6, (n, slots))
+    unused = rng.random((n, slots)) < 0.3  # slots not filled yet hold the empty box (0, 0, 0, 0)
+    for a in (t0, t1, f0, f1):
+        a[unused] = 0
+    w, h = rng.integers(1, 8, n), rng.integers(1, 8, n)
+    cand_t, cand_f = rng.integers(0, frames - 8, (n, tries)), rng.integers(0, mel - 8, (n, tries))
+    for used in (0, 5, slots):
+        free = SpecMask._free(cand_t, cand_f, w, h, t0, t1, f0, f1, used)
+        for b in range(n):
+            occupied = np.zeros((frames, mel), bool)
+            for s in range(used):
+                occupied[t0[b, s] : t1[b, s], f0[b, s] : f1[b, s]] = True
+            expected = [
+                not occupied[t : t + w[b], f : f + h[b]].any() for t, f in zip(cand_t[b], cand_f[b])
+            ]
+            assert free[b].tolist() == expected
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -407,24 +419,32 @@ def test_mixup_errors():
             WaveformMixup(alpha=0.0)
 
 
-def test_paint_boxes_matches_loop():
-    """The bit-code painter equals painting box by box, for more boxes than one 32-bit group, overlaps included."""
-    from specpatch.augmentation import _paint_boxes
+def test_paint_matches_loop():
+    """The two-scatter painter equals painting box by box (full-frequency rows and local boxes, any dtype)."""
+    from specpatch.augmentation import _box_indices, _paint
 
-    g = _gen(11)
-    batch, num_boxes, frames, mel = 3, 70, 30, 20
-    t0 = torch.randint(0, frames, (batch, num_boxes), generator=g)
-    f0 = torch.randint(0, mel, (batch, num_boxes), generator=g)
-    w = torch.randint(0, 6, (batch, num_boxes), generator=g)
-    h = torch.randint(0, 6, (batch, num_boxes), generator=g)
-    expected = torch.zeros(batch, frames, mel, dtype=torch.bool)
-    for b in range(batch):
-        for r in range(num_boxes):
-            expected[b, t0[b, r] : t0[b, r] + w[b, r], f0[b, r] : f0[b, r] + h[b, r]] = True
-    for n in (5, 12, 32, 70):
-        sub = expected.clone().zero_()
-        for b in range(batch):
-            for r in range(n):
-                sub[b, t0[b, r] : t0[b, r] + w[b, r], f0[b, r] : f0[b, r] + h[b, r]] = True
-        assert torch.equal(_paint_boxes(t0[:, :n], f0[:, :n], w[:, :n], h[:, :n], frames, mel), sub)
-    assert torch.equal(_paint_boxes(t0, f0, w, h, frames, mel), expected)
+    draw = SpecMask(**DENSE).sample_masks(6, 120, 40, generator=_gen(11))
+    placed = draw.placed
+    sample = torch.nonzero(placed)[:, 0].numpy()
+    t0, f0, w, h = (v.numpy() for v in draw.boxes[placed].unbind(-1))
+    boxes = _box_indices(sample, t0, t0 + w, f0, f0 + h, draw.full_frequency[placed].numpy(), 120, 40)
+    values = torch.arange(1, 7, dtype=torch.float32)
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        target = torch.zeros(6, 120, 40, dtype=dtype)
+        _paint(target, values.to(dtype), boxes)
+        expected = torch.zeros_like(target)
+        for b, a, c, ww, hh in zip(sample, t0, f0, w, h):
+            expected[b, a : a + ww, c : c + hh] = values[b]
+        assert torch.equal(target, expected)
+    assert torch.equal(expected != 0, draw.mask)
+
+
+def test_specmask_inplace():
+    x = torch.randn(4, 100, 32)
+    module = SpecMask(budget=640, max_height=32, max_width=16)
+    expected, mask = module(x, generator=_gen(0), return_mask=True)
+    y = x.clone()
+    out = module(y, generator=_gen(0), inplace=True)
+    assert out is y and torch.equal(y, expected)
+    with pytest.raises(ValueError, match="contiguous"):
+        module(x.transpose(1, 2).contiguous().transpose(1, 2), generator=_gen(0), inplace=True)
