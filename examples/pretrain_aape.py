@@ -48,38 +48,33 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import hashlib
-import itertools
 import json
 import logging
-import re
 import time
 
 import torch
 
 import specpatch  # noqa: F401  (registers the models with the Auto classes)
 from specpatch.configuration_aape_vit import AaPEViTConfig
-from specpatch.data import (
-    AudioCollator,
-    DatasetSpec,
-    EpochSampler,
-    IndexedDataset,
-    decode_clip,
-    load_audio_dataset,
-    max_samples_for_frames,
-    shard_streaming_dataset,
-)
+from specpatch.data import AudioData, add_data_arguments
 from specpatch.feature_extraction_specpatch import SpecPatchFeatureExtractor
 from specpatch.modeling_aape_vit import AaPEViTForPreTraining
-from specpatch.training import (
-    TrainingState,
+from specpatch.training import (  # noqa: F401  (parse_config_overrides: part of this script's interface)
+    TrainingLoop,
+    add_optimization_arguments,
+    add_run_arguments,
+    apply_recipe,
+    build_optimizer,
+    check_distributed_engine,
     cosine_schedule_with_warmup,
-    layer_decay_parameter_groups,
     make_accelerator,
+    parse_config_overrides,
     per_device_batch_size,
+    prepare_output_dir,
     resolve_resume_path,
-    save_checkpoint,
-    step_generator,
+    shared_normalization_stats,
     steps_per_epoch,
+    total_training_steps,
 )
 
 logger = logging.getLogger("specpatch.pretrain_aape")
@@ -111,11 +106,13 @@ _SMALL = {
 # Named recipes; every key is an argument and every flag overrides it. "inferred" marks values the AaPE text lost.
 RECIPES: dict[str, dict] = {
     "aape-as2m": {
-        "description": "AaPE Table I pre-training on AS-2M (agkphysics/AudioSet, unbalanced): 600K steps, 80K warm-up, "
+        "description": "AaPE Table I pre-training on AS-2M (agkphysics/AudioSet config full, bal_train + unbal_train "
+        "joined): 600K steps, 80K warm-up, "
         "batch 512 views (32 clips x 16 masks), AdamW wd 0.05, peak LR 5e-4 and betas (0.9, 0.95) (EAT, inferred), "
         "cosine to 0, clip norm 4 (EAT), 6 s crops (608 frames), no mixup, drop path 0.",
         "dataset_name": "agkphysics/AudioSet",
-        "dataset_config_name": "unbalanced",
+        "dataset_config_name": "full",
+        "train_split": "bal_train+unbal_train",
         "max_length": 608,
         "max_train_steps": 600_000,
         "warmup_steps": 80_000,
@@ -155,6 +152,7 @@ RECIPES: dict[str, dict] = {
 DEFAULTS: dict = {
     "dataset_name": None,
     "dataset_config_name": None,
+    "train_split": "train",
     "config_overrides": None,
     "max_length": 608,
     "max_train_steps": 600_000,
@@ -207,62 +205,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--ema_momentum_start", type=float, help="Teacher EMA momentum at step 0 (0.994).")
     g.add_argument("--ema_momentum_end", type=float, help="Teacher EMA momentum at the last step (1.0).")
     g.add_argument("--gradient_checkpointing", action="store_true")
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset_name", help='Hub id, local folder, builder ("parquet", "audiofolder") or "builtin".')
-    g.add_argument("--dataset_config_name")
-    g.add_argument("--dataset_revision", help="Hub revision of the dataset.")
-    g.add_argument("--data_dir")
-    g.add_argument("--data_files", nargs="+")
-    g.add_argument("--cache_dir", help="datasets cache folder.")
-    g.add_argument("--builtin_sizes", help='Clips in the built-in train and test splits, e.g. "1200,300".')
-    g.add_argument("--train_split", default="train")
-    g.add_argument("--streaming", action="store_true", help="Stream the dataset instead of downloading it.")
-    g.add_argument("--shuffle_buffer_size", type=int, default=1000, help="Streaming shuffle buffer (rows).")
-    g.add_argument("--audio_column")
-    g.add_argument("--max_train_samples", type=int)
-    g.add_argument("--sampling_rate", type=int, default=16000)
-    g.add_argument("--max_length", type=int, help="Frames of the random crops (608: 6 s).")
-    g.add_argument("--norm_mean", type=float, help="Log-mel mean (default: the checkpoint's, else computed).")
-    g.add_argument("--norm_std", type=float, help="Log-mel standard deviation (default: as --norm_mean).")
+    g = add_data_arguments(p, labeled=False)
     g.add_argument("--norm_clips", type=int, default=200, help="Training clips the statistics are computed on.")
-    g.add_argument("--num_workers", type=int)
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--max_train_steps", type=int, help="Optimizer steps (Table I: 600K).")
-    g.add_argument("--num_epochs", type=int, help="Train for this many epochs instead (map-style datasets).")
-    g.add_argument("--batch_size", type=int, help="Global batch (all processes and accumulation steps).")
+    g = add_optimization_arguments(p)
     g.add_argument("--batch_unit", choices=("views", "clips"), help="What --batch_size counts (default: views).")
-    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    g.add_argument("--learning_rate", type=float, help="Peak learning rate (lost in the paper; EAT's 5e-4).")
-    g.add_argument("--adam_beta1", type=float)
-    g.add_argument("--adam_beta2", type=float)
-    g.add_argument("--weight_decay", type=float)
-    g.add_argument("--warmup_steps", type=int)
-    g.add_argument("--min_lr_ratio", type=float)
-    g.add_argument("--max_grad_norm", type=float, help="Gradient clipping; 0 = off.")
-    g.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), help="Default: accelerate's configuration.")
-    g.add_argument("--seed", type=int, default=42)
-    g = p.add_argument_group("run")
-    g.add_argument("--output_dir", help="Default: outputs/pretrain-<recipe>.")
-    g.add_argument("--overwrite_output_dir", action="store_true")
-    g.add_argument("--checkpointing_steps", type=int, help="Save a checkpoint every N optimizer steps (0 = off).")
-    g.add_argument("--checkpoints_total_limit", type=int, default=2)
-    g.add_argument("--resume", nargs="?", const="latest",
-                   help="Resume from a checkpoint folder, or (no value) from the latest one in --output_dir.")
-    g.add_argument("--logging_steps", type=int, default=10)
-    g.add_argument("--report_to", default="none", help='accelerate trackers: "all", "tensorboard", "wandb", ...')
-    g.add_argument("--record_example_ids", action="store_true", help=argparse.SUPPRESS)  # tests: log rows seen
+    add_run_arguments(p)
     args = p.parse_args(argv)
 
     if args.recipe is None:
         args.recipe = "builtin" if args.dataset_name in (None, "builtin") else "aape-as2m"
-    recipe = dict(RECIPES[args.recipe])
-    if args.dataset_name is not None and args.dataset_name != recipe.get("dataset_name"):
-        recipe.pop("dataset_config_name", None)  # the recipe's config name belongs to the recipe's dataset
-    if args.model_name_or_path is not None:
-        recipe.pop("config_overrides", None)  # the checkpoint defines the architecture
-    for key, fallback in DEFAULTS.items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, recipe.get(key, fallback))
+    recipes = RECIPES
+    if args.model_name_or_path is not None:  # the checkpoint defines the architecture
+        recipes = {**RECIPES, args.recipe: {k: v for k, v in RECIPES[args.recipe].items() if k != "config_overrides"}}
+    apply_recipe(args, recipes, DEFAULTS)
     if args.output_dir is None:
         args.output_dir = os.path.join("outputs", f"pretrain-{args.recipe}")
     return args
@@ -271,37 +226,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------------------------------------------
 # Model and features
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def parse_config_overrides(value) -> dict:
-    """`--config_overrides` as a dict: a JSON object, or `key=value` pairs separated by commas whose values are read as
-    JSON when they parse (numbers, booleans, lists such as `patch_size=[16,16]`) and as strings otherwise."""
-    if value is None or isinstance(value, dict):
-        return dict(value or {})
-    text = value.strip()
-    if not text:
-        return {}
-    if text.startswith("{"):
-        try:
-            parsed = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"--config_overrides is not valid JSON: {err}") from err
-        if not isinstance(parsed, dict):
-            raise ValueError(f"--config_overrides must be a JSON object, got {text!r}.")
-        return parsed
-    overrides = {}
-    # Split on commas that start a new `key=` (a list value such as [16,16] keeps its commas).
-    for item in re.split(r",(?=\s*[A-Za-z_]\w*\s*=)", text):
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not re.fullmatch(r"[A-Za-z_]\w*", key):
-            raise ValueError(f"--config_overrides expects JSON or key=value pairs, got {item!r} in {text!r}.")
-        raw = raw.strip()
-        try:
-            overrides[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            overrides[key] = raw
-    return overrides
 
 
 def wanted_config_fields(args) -> dict:
@@ -385,106 +309,19 @@ def random_crop(
     return crops * keep, new_lengths.to(lengths.device)
 
 
-def parameter_digest(module: torch.nn.Module) -> str:
-    """SHA-256 of a module's state dict (names sorted, float32 bytes): equal digests mean bit-identical weights."""
+def parameter_digest(module: torch.nn.Module, full_state_dict: dict | None = None, prefix: str = "") -> str:
+    """SHA-256 of a module's state dict (names sorted, float32 bytes): equal digests mean bit-identical weights.
+    Under FSDP each process holds only shards, so the digest is taken from the gathered `full_state_dict` (entries
+    under `prefix`) when that is given and holds them; processes without it (FSDP gathers to the main process) use
+    their own module."""
+    tensors = {k[len(prefix):]: v for k, v in (full_state_dict or {}).items() if k.startswith(prefix)}
+    if not tensors:
+        tensors = module.state_dict()
     digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
+    for name, tensor in sorted(tensors.items()):
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Data
-# ----------------------------------------------------------------------------------------------------------------
-
-
-class UnlabeledAudio:
-    """The training split's audio column (labels ignored): loading, worker-side decoding, loaders, clips for stats."""
-
-    def __init__(self, args, accelerator, extractor: SpecPatchFeatureExtractor):
-        self.args = args
-        builtin_sizes = None
-        if args.builtin_sizes:
-            try:
-                train_size, test_size = (int(v) for v in args.builtin_sizes.split(","))
-            except ValueError as err:
-                raise ValueError(f'--builtin_sizes expects two integers "train,test", got {args.builtin_sizes!r}.') \
-                    from err
-            builtin_sizes = {"train": train_size, "test": test_size}
-        spec = DatasetSpec(args.dataset_name, args.dataset_config_name, args.data_dir, args.data_files,
-                           args.streaming, args.cache_dir, args.dataset_revision, builtin_sizes=builtin_sizes)
-        with accelerator.main_process_first():  # download / prepare once, then every process reads the cache
-            dataset, self.audio_column = load_audio_dataset(spec, args.audio_column)
-        if args.train_split not in dataset:
-            raise ValueError(f"Training split {args.train_split!r} not found; splits: {list(dataset)}.")
-        train = dataset[args.train_split].select_columns([self.audio_column])
-        if args.max_train_samples:
-            train = train.take(args.max_train_samples) if args.streaming else train.select(
-                range(min(args.max_train_samples, len(train))))
-        self.train = train
-        # Whole clips come from the workers; the random crop happens on the training device (see `random_crop`).
-        self.collator = AudioCollator(self.audio_column, sampling_rate=extractor.sampling_rate,
-                                      min_samples=extractor.win_length)
-        self.crop_samples = max_samples_for_frames(extractor.max_length, extractor)
-
-    def loader(self, per_device: int, accelerator):
-        """`(stream, loader)`: the sharded streaming dataset (None for map-style data) and this process's loader."""
-        args = self.args
-        if args.streaming:
-            shard = shard_streaming_dataset(self.train, accelerator.process_index, accelerator.num_processes,
-                                            args.seed, args.shuffle_buffer_size)
-            return shard, torch.utils.data.DataLoader(
-                shard, batch_size=per_device, collate_fn=self.collator,
-                num_workers=min(args.num_workers, getattr(shard, "num_shards", 1)))
-        sampler = EpochSampler(len(self.train), shuffle=True, seed=args.seed)
-        loader = torch.utils.data.DataLoader(
-            IndexedDataset(self.train), batch_size=per_device, sampler=sampler, collate_fn=self.collator,
-            num_workers=args.num_workers, persistent_workers=args.num_workers > 0,
-            generator=torch.Generator().manual_seed(args.seed),  # keeps loader start-up off the global RNG
-        )
-        return None, loader
-
-    def statistics_clips(self, count: int) -> list:
-        """The first `count` decodable training clips, cut to the crop length (their first segment)."""
-        rows = self.train.take(count) if self.args.streaming else self.train.select(range(min(count, len(self.train))))
-        clips = []
-        for row in rows:
-            try:
-                clip = decode_clip(row[self.audio_column], self.collator.sampling_rate)
-            except Exception:  # corrupt clip: skipped here as everywhere
-                continue
-            if clip.shape[-1] >= self.collator.min_samples:
-                clips.append(clip[: self.crop_samples])
-        return clips
-
-
-class SkipFirstBatches:
-    """
-    Collate function of the first epoch of a resumed streaming run: the first `num_batches` batches are read but not
-    decoded (`None`), the rest are collated by `collate_fn`; the training loop drops the first `num_batches` batches.
-
-    The loader is built exactly as in an uninterrupted run (same dataset, epoch, workers and batch size), so it yields
-    the same batches in the same order: the run resumes mid-epoch on the same data. (`datasets.IterableDataset.skip`
-    cannot do this: the dataset it returns drops the shuffling configuration and the epoch, so from the second epoch
-    on, or with several shards, it skips rows of another order; and with several loader workers a per-worker skip
-    shifts the round-robin order of the batches.) The `DataLoader` hands batch `i` to worker `i % workers` while no
-    worker has run out of rows, so worker `w`'s `k`-th batch is batch `w + k * workers` or, once a worker ran out,
-    an earlier one: a batch skipped here is always one of the first `num_batches`.
-    """
-
-    def __init__(self, collate_fn, num_batches: int):
-        self.collate_fn = collate_fn
-        self.num_batches = int(num_batches)
-        self._calls = 0  # per process: each loader worker works on its own copy
-
-    def __call__(self, rows):
-        info = torch.utils.data.get_worker_info()
-        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
-        local, self._calls = self._calls, self._calls + 1
-        if worker + local * workers < self.num_batches:
-            return None
-        return self.collate_fn(rows)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -501,42 +338,29 @@ def main(argv=None) -> dict:
         for name, recipe in sorted(RECIPES.items()):
             print(f"{name}: {recipe['description']}")
         return {}
+    from accelerate.utils import gather_object
 
-    from accelerate.utils import broadcast_object_list, gather_object
-    from tqdm.auto import tqdm
-
+    # Recipe -> accelerator, model, data, optimisation -> loop -> checks and saving.
     accelerator = make_accelerator(args)
+    check_distributed_engine(accelerator)
     start_time = time.time()
-    if (os.path.isfile(os.path.join(args.output_dir, "config.json")) and not args.overwrite_output_dir
-            and args.resume is None):
-        raise ValueError(f"{args.output_dir} already holds a pre-trained model; pass --overwrite_output_dir or "
-                         "--resume.")
-    if args.max_train_steps is not None and args.max_train_steps < 1:
-        raise ValueError(f"--max_train_steps must be positive, got {args.max_train_steps}.")
-    os.makedirs(args.output_dir, exist_ok=True)
-
+    prepare_output_dir(args, "pre-trained model")
     model = build_model(args)
     config = model.config
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     extractor, needs_stats = build_feature_extractor(args, config)
-    data = UnlabeledAudio(args, accelerator, extractor)
+    data = AudioData(args, accelerator, extractor, labeled=False)
     if needs_stats:
-        # AaPE standardises with AudioSet's log-mel statistics, whose values were lost: compute them on the training
-        # clips, once (main process), and share them so every process normalises identically.
-        stats = [None]
-        if accelerator.is_main_process:
-            clips = data.statistics_clips(args.norm_clips)
-            stats = [{**extractor.compute_normalization_stats(clips, extractor.sampling_rate), "clips": len(clips)}]
-        broadcast_object_list(stats)
-        extractor.mean = args.norm_mean if args.norm_mean is not None else float(stats[0]["mean"])
-        extractor.std = args.norm_std if args.norm_std is not None else float(stats[0]["std"])
-        logger.info("Log-mel statistics of %d training clips: mean %.4f, std %.4f", stats[0]["clips"], extractor.mean,
+        # AaPE standardises with AudioSet's log-mel statistics, whose values were lost: computed on the training clips.
+        stats = shared_normalization_stats(extractor, lambda: data.statistics_clips(args.norm_clips), accelerator)
+        extractor.mean = args.norm_mean if args.norm_mean is not None else float(stats["mean"])
+        extractor.std = args.norm_std if args.norm_std is not None else float(stats["std"])
+        logger.info("Log-mel statistics of %d training clips: mean %.4f, std %.4f", stats["clips"], extractor.mean,
                     extractor.std)
-    n_params = sum(p.numel() for p in model.aape_vit.parameters())
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("AaPE-ViT pre-training: encoder %.2fM parameters, %.2fM trained (student, predictor, heads), "
-                "%d views per clip, crops of %d frames", n_params / 1e6, n_train / 1e6, config.num_views,
+                "%d views per clip, crops of %d frames", sum(p.numel() for p in model.aape_vit.parameters()) / 1e6,
+                sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6, config.num_views,
                 extractor.max_length)
 
     if args.batch_unit == "views":
@@ -547,178 +371,104 @@ def main(argv=None) -> dict:
     else:
         global_clips = args.batch_size
     per_device = per_device_batch_size(global_clips, accelerator.num_processes, args.gradient_accumulation_steps)
-    stream, train_loader = data.loader(per_device, accelerator)
-
-    groups = layer_decay_parameter_groups(model, args.learning_rate, args.weight_decay, None)  # teacher: frozen, out
-    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                  weight_decay=args.weight_decay)
+    stream, train_loader = data.train_loader(per_device, accelerator)
+    model = accelerator.prepare(model)  # FSDP shards the parameters here; the optimizer must see the sharded ones
+    optimizer = build_optimizer(accelerator.unwrap_model(model), args)  # the frozen teacher is left out
     if stream is None:
-        model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+        optimizer, train_loader = accelerator.prepare(optimizer, train_loader)
         batches_per_epoch = len(train_loader)
     else:
-        model, optimizer = accelerator.prepare(model, optimizer)
+        optimizer = accelerator.prepare(optimizer)
         batches_per_epoch = None
-    if args.num_epochs:
+    if args.num_epochs:  # --num_epochs wins here (the recipes always set --max_train_steps)
         if batches_per_epoch is None:
             raise ValueError("--num_epochs needs a map-style dataset; pass --max_train_steps when streaming.")
         total_steps = args.num_epochs * steps_per_epoch(batches_per_epoch, args.gradient_accumulation_steps)
     else:
-        total_steps = int(args.max_train_steps)
+        total_steps = total_training_steps(args, batches_per_epoch)
     warmup = min(args.warmup_steps, total_steps)
     scheduler = cosine_schedule_with_warmup(optimizer, warmup, total_steps, args.min_lr_ratio)
 
-    state = TrainingState()
-    state.extra = {"skip_events": 0, "skipped_rows": []}
-    accelerator.register_for_checkpointing(scheduler, state)
-    resume_path = resolve_resume_path(args.resume, args.output_dir)
-    if resume_path:
-        accelerator.load_state(resume_path)  # model (student and teacher), optimizer, scheduler, state, RNG states
-        positions = state.extra.get("positions")
-        if positions and len(positions) == accelerator.num_processes:
-            # Streaming shards of unequal length put the processes at different points of their epochs; the
-            # checkpoint (written by the main process) holds every process's own position.
-            state.epoch, state.step_in_epoch = (int(v) for v in positions[accelerator.process_index])
-        logger.info("Resumed from %s at %s", resume_path, state)
+    loop = TrainingLoop(accelerator, args, data, stream, train_loader, scheduler, total_steps, batches_per_epoch,
+                        desc="pre-train")
+    loop.resume(resolve_resume_path(args.resume, args.output_dir))  # student and teacher, optimizer, scheduler, RNG
     device = accelerator.device
     unwrapped = accelerator.unwrap_model(model)
     if accelerator.is_main_process:
         with open(os.path.join(args.output_dir, "run_args.json"), "w") as f:
             json.dump(vars(args), f, indent=1, default=str)
     accelerator.init_trackers("specpatch-pretrain-aape", config={k: str(v) for k, v in vars(args).items()})
-
     logger.info("Pre-training %d steps: %d clips x %d views per step (%d clips per process x %d processes x %d "
                 "accumulation), warm-up %d, peak LR %.2e", total_steps, global_clips, config.num_views, per_device,
                 accelerator.num_processes, args.gradient_accumulation_steps, warmup, args.learning_rate)
-    progress = tqdm(total=total_steps, initial=state.global_step, disable=not accelerator.is_local_main_process,
-                    desc="pre-train", dynamic_ncols=True)
-    seen_rows: list[int] = []
-    # Corrupt-clip counts: accelerate saves registered objects from the main process only, so the checkpoint holds
-    # the totals over all processes (`skip_events`, `skipped_rows`) and each process counts its new reads on top.
-    resumed_skip_events = int(state.extra.get("skip_events", 0))
-    skipped_rows = set(state.extra.get("skipped_rows", []))
-    local_skip_events = 0
 
-    def total_skips() -> tuple[int, list[int]]:
-        """Skipped clip reads and distinct skipped rows over all processes (collective: call on every process)."""
-        events = int(accelerator.reduce(torch.tensor([local_skip_events], device=device), "sum"))
-        rows = sorted({r for part in gather_object([sorted(skipped_rows)]) for r in part})
-        return resumed_skip_events + events, rows
     running = {k: 0.0 for k in LOSS_TERMS}
     running_count = 0
     momentum = float("nan")
     history = []
-    contrastive_head = unwrapped.contrastive_head
-
-    micro_step = state.global_step * args.gradient_accumulation_steps
-    while state.global_step < total_steps:
-        epoch = state.epoch
-        skip = state.step_in_epoch * args.gradient_accumulation_steps
-        if stream is None:
-            loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
-            loader.set_epoch(epoch)
-        else:
-            stream.set_epoch(epoch)
-            loader = train_loader
-            if skip:
-                resumed = torch.utils.data.DataLoader(stream, batch_size=per_device,
-                                                      collate_fn=SkipFirstBatches(data.collator, skip),
-                                                      num_workers=train_loader.num_workers)
-                loader = itertools.islice(resumed, skip, None)
-        model.train()
-        finished_epoch = True
-        for batch in loader:
-            events = batch["skipped_index"].tolist()
-            if events:
-                local_skip_events += len(events)
-                skipped_rows.update(events)
-            if args.record_example_ids:
-                seen_rows.extend(batch["index"].tolist() + events)
-            # Crops and masks from a generator of (seed, process, step): a resumed run draws the same ones.
-            generator = step_generator(args.seed, accelerator.process_index, micro_step)
-            micro_step += 1
-            with accelerator.accumulate(model):
-                waveforms, lengths = batch["waveforms"].to(device), batch["lengths"].to(device)
-                if waveforms.shape[0] == 0:
-                    # Every clip of the micro-batch was corrupt: a zero loss through a real forward pass keeps the
-                    # processes in step (DDP's gradient all-reduce needs a forward and a backward on every process).
-                    features = torch.zeros(1, extractor.max_length, extractor.num_mel_bins, device=device)
-                    scale = 0.0
-                else:
-                    waveforms, lengths = random_crop(waveforms, lengths, data.crop_samples, generator)
-                    features, _ = extractor.extract_features(waveforms, lengths)
-                    scale = 1.0
-                output = model(input_values=features, generator=generator)
-                loss = output.loss * scale
-                if not output.contrastive_loss.requires_grad:
-                    # Fewer than two clips here (or one view): the contrastive term is a constant 0 and its head gets
-                    # no gradient, which DDP would wait for; a zero-weighted use keeps every parameter in the graph.
-                    loss = loss + 0.0 * sum(p.sum() for p in contrastive_head.parameters())
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            if scale:
-                for name in LOSS_TERMS:
-                    running[name] += float(getattr(output, name).detach())
-                running_count += 1
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            # The EMA teacher follows the student the optimizer step just updated (identical on every process), with
-            # the momentum of this step: m(global_step) from 0.994 at step 0 towards 1.0 (DINOv2's cosine schedule).
-            momentum = unwrapped.update_teacher(state.global_step, total_steps)
-            state.global_step += 1
-            state.step_in_epoch += 1
-            progress.update(1)
-            if state.global_step % args.logging_steps == 0 or state.global_step == total_steps:
-                counts = torch.tensor([running_count, local_skip_events], device=device, dtype=torch.float64)
-                sums = torch.tensor([running[k] for k in LOSS_TERMS], device=device, dtype=torch.float64)
-                counts, sums = accelerator.reduce(counts, "sum"), accelerator.reduce(sums, "sum")
-                logs = {k: float(s) / max(float(counts[0]), 1.0) for k, s in zip(LOSS_TERMS, sums.tolist())}
-                logs.update({"lr": optimizer.param_groups[0]["lr"], "ema_momentum": momentum, "epoch": epoch,
-                             "skipped_clips": resumed_skip_events + int(counts[1])})
-                progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
-                accelerator.log(logs, step=state.global_step)
-                history.append({"step": state.global_step, **logs})
-                running, running_count = {k: 0.0 for k in LOSS_TERMS}, 0
-            if args.checkpointing_steps and state.global_step % args.checkpointing_steps == 0:
-                state.extra["skip_events"], state.extra["skipped_rows"] = total_skips()
-                state.extra["positions"] = gather_object([(state.epoch, state.step_in_epoch)])
-                path = save_checkpoint(accelerator, args.output_dir, state.global_step, args.checkpoints_total_limit)
-                logger.info("Checkpoint %s", path)
-            if state.global_step >= total_steps:
-                finished_epoch = False
-                break
-        if finished_epoch:
-            state.epoch += 1
-            state.step_in_epoch = 0
-    progress.close()
+    model.train()
+    for batch, generator in loop.micro_batches():
+        with accelerator.accumulate(model):
+            waveforms, lengths = batch["waveforms"], batch["lengths"]
+            if waveforms.shape[0] == 0:
+                # Every clip of the micro-batch was corrupt: a zero loss through a real forward pass keeps the
+                # processes in step (DDP's gradient all-reduce needs a forward and a backward on every process).
+                features = torch.zeros(1, extractor.max_length, extractor.num_mel_bins, device=device)
+                scale = 0.0
+            else:
+                # Crops (and the model's masks) from the (seed, process, step) generator: a resumed run draws the same.
+                waveforms, lengths = random_crop(waveforms, lengths, data.crop_samples, generator)
+                features, _ = extractor.extract_features(waveforms, lengths)
+                scale = 1.0
+            output = model(input_values=features, generator=generator)
+            loss = output.loss * scale
+            if not output.contrastive_loss.requires_grad:
+                # Fewer than two clips here (or one view): the contrastive term is a constant 0 and its head gets
+                # no gradient, which DDP would wait for; a zero-weighted use keeps every parameter in the graph.
+                loss = loss + 0.0 * sum(p.sum() for p in unwrapped.contrastive_head.parameters())
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and args.max_grad_norm and args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if scale:
+            for name in LOSS_TERMS:
+                running[name] += float(getattr(output, name).detach())
+            running_count += 1
+        if not loop.step_done():
+            continue
+        # The EMA teacher follows the student the optimizer step just updated (identical on every process), with
+        # the momentum of this step: m(step) from 0.994 at step 0 towards 1.0 (DINOv2's cosine schedule).
+        momentum = unwrapped.update_teacher(loop.global_step - 1, total_steps)
+        if loop.should(args.logging_steps) or loop.global_step == total_steps:
+            counts = torch.tensor([running_count, loop.local_skip_events], device=device, dtype=torch.float64)
+            sums = torch.tensor([running[k] for k in LOSS_TERMS], device=device, dtype=torch.float64)
+            counts, sums = accelerator.reduce(counts, "sum"), accelerator.reduce(sums, "sum")
+            logs = {k: float(v) / max(float(counts[0]), 1.0) for k, v in zip(LOSS_TERMS, sums.tolist())}
+            logs.update({"lr": optimizer.param_groups[0]["lr"], "ema_momentum": momentum, "epoch": loop.epoch,
+                         "skipped_clips": loop.resumed_skip_events + int(counts[1])})
+            loop.progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
+            accelerator.log(logs, step=loop.global_step)
+            history.append({"step": loop.global_step, **logs})
+            running, running_count = {k: 0.0 for k in LOSS_TERMS}, 0
+        loop.maybe_checkpoint()
 
     # Summary, checks and saving.
-    skip_events, all_skipped = total_skips()
-    if skip_events and accelerator.is_main_process:
-        logger.warning("Skipped %d corrupt or empty clip reads (%d distinct rows).", skip_events,
-                       len([r for r in all_skipped if r >= 0]) or skip_events)
-    teacher_digests = gather_object([parameter_digest(unwrapped.teacher)])
-    student_digests = gather_object([parameter_digest(unwrapped.aape_vit)])
+    summary = loop.finish()
+    state_dict = accelerator.get_state_dict(model)  # full weights (collective under FSDP)
+    teacher_digests = gather_object([parameter_digest(unwrapped.teacher, state_dict, "teacher.")])
+    student_digests = gather_object([parameter_digest(unwrapped.aape_vit, state_dict, "aape_vit.")])
     if len(set(teacher_digests)) != 1 and accelerator.is_main_process:
         logger.error("The EMA teachers differ across processes: %s", teacher_digests)
-    if args.record_example_ids:
-        with open(os.path.join(args.output_dir, f"seen_rows_rank{accelerator.process_index}.json"), "w") as f:
-            json.dump(seen_rows, f)
     accelerator.wait_for_everyone()
     results = {
         "recipe": args.recipe,
-        "global_step": state.global_step,
+        **summary,
         "total_steps": total_steps,
-        "epochs_completed": state.epoch,
-        "num_processes": accelerator.num_processes,
         "clips_per_step": global_clips,
         "num_views": config.num_views,
+        "distributed_type": str(accelerator.distributed_type),
         "final_ema_momentum": momentum,
-        "train_skipped_clip_reads": skip_events,
-        "train_skipped_rows": [r for r in all_skipped if r >= 0],
         "teacher_digests": teacher_digests,
         "student_digests": student_digests,
         "norm_mean": extractor.mean,
@@ -728,12 +478,12 @@ def main(argv=None) -> dict:
         "history": history,
     }
     if accelerator.is_main_process:
-        unwrapped.save_pretrained(args.output_dir, safe_serialization=True)
+        unwrapped.save_pretrained(args.output_dir, state_dict=state_dict, safe_serialization=True)
         extractor.save_pretrained(args.output_dir)
         with open(os.path.join(args.output_dir, "all_results.json"), "w") as f:
             json.dump(results, f, indent=1)
         last = history[-1] if history else {}
-        print(f"\nDone in {time.time() - start_time:.0f} s: {state.global_step} steps, loss {last.get('loss', 0):.4f} "
+        print(f"\nDone in {time.time() - start_time:.0f} s: {loop.global_step} steps, loss {last.get('loss', 0):.4f} "
               f"(masked {last.get('masked_loss', 0):.4f}, utterance {last.get('utterance_loss', 0):.4f}, "
               f"contrastive {last.get('contrastive_loss', 0):.4f}); model in {args.output_dir}")
     accelerator.wait_for_everyone()

@@ -41,7 +41,10 @@ from .audioset_labels import AUDIOSET_LABELS
 logger = logging.getLogger(__name__)
 
 AUDIOSET_REPO = "agkphysics/AudioSet"
-"""The AudioSet copy on the Hugging Face hub (parquet; configs `balanced`, `unbalanced`, `full`; splits `train`, `test`)."""
+"""The AudioSet copy on the Hugging Face hub (parquet, FLAC mostly 48 kHz 24-bit). Configs and splits: `balanced`
+(`train` = bal_train, `test` = eval), `unbalanced` (`train` = unbal_train, `test` = eval) and `full` (`bal_train`,
+`unbal_train`, `eval`). AS-20K is `balanced`; AS-2M is `full` with the training splits joined,
+`--train_split bal_train+unbal_train --eval_split eval`."""
 
 BUILTIN_DATASET = "builtin"
 """`dataset_name` of the package's generated dataset (see [`builtin_dataset`])."""
@@ -55,6 +58,17 @@ ID_COLUMN_CANDIDATES = ("video_id", "filename", "file", "id", "path")
 # Columns holding cross-validation folds (ESC-50, UrbanSound8K).
 FOLD_COLUMN_CANDIDATES = ("fold",)
 EVAL_SPLIT_CANDIDATES = ("test", "validation", "valid", "eval", "evaluation")
+
+
+def _speech_commands_v2(train, evaluation, label_column: str, eval_split: str | None):
+    from .speech_commands import apply_speech_commands_v2_protocol
+
+    return apply_speech_commands_v2_protocol(train, evaluation, label_column, eval_split)
+
+
+PROTOCOLS = {"speech_commands_v2": _speech_commands_v2}
+"""Benchmark protocols `--protocol` can apply: `name -> f(train, eval, label_column, eval_split) -> (train, eval,
+label_map)`."""
 
 
 def _is_audioset_id(value: Any) -> bool:
@@ -623,8 +637,319 @@ def max_samples_for_frames(num_frames: int, feature_extractor) -> int:
     return num_frames * hop
 
 
+
+# ----------------------------------------------------------------------------------------------------------------
+# Splits, command-line data arguments, and the training scripts' data object
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def split_names(expression: str) -> list[str]:
+    """The splits of a split expression: `"train"` -> `["train"]`, `"bal_train+unbal_train"` -> both (AS-2M is
+    AudioSet's balanced and unbalanced training sets joined)."""
+    names = [part.strip() for part in str(expression).split("+")]
+    if not all(names):
+        raise ValueError(f"Split expression {expression!r}: expected names joined by '+', e.g. 'bal_train+unbal_train'.")
+    return names
+
+
+def select_split(dataset, expression: str):
+    """One split of a `DatasetDict` / `IterableDatasetDict`, or several joined in order (`"a+b"`,
+    `datasets.concatenate_datasets`). Raises a ValueError naming the available splits when one is missing."""
+    from datasets import concatenate_datasets
+
+    names = split_names(expression)
+    missing = [name for name in names if name not in dataset]
+    if missing:
+        raise ValueError(f"Split {', '.join(map(repr, missing))} not found; the dataset has splits {list(dataset)}.")
+    parts = [dataset[name] for name in names]
+    return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+
+
+def split_num_rows(dataset, expression: str) -> int | None:
+    """Rows of a (joined) split from the dataset's metadata, without reading it (streaming); None when unknown."""
+    total = 0
+    for name in split_names(expression):
+        try:
+            total += int(dataset[name].info.splits[name].num_examples)
+        except (AttributeError, KeyError, TypeError):
+            return None
+    return total or None
+
+
+def parse_builtin_sizes(value: str | None) -> dict[str, int] | None:
+    """`--builtin_sizes "1200,300"` -> `{"train": 1200, "test": 300}`."""
+    if not value:
+        return None
+    try:
+        train_size, test_size = (int(v) for v in str(value).split(","))
+    except ValueError as err:
+        raise ValueError(f'--builtin_sizes expects two integers "train,test", got {value!r}.') from err
+    return {"train": train_size, "test": test_size}
+
+
+def add_data_arguments(parser, labeled: bool = True):
+    """The data flags shared by the training scripts (an argument group of `parser`); `labeled` adds the label,
+    evaluation-split, fold and protocol flags of supervised training."""
+    g = parser.add_argument_group("data")
+    g.add_argument("--dataset_name", help='Hub id, local folder, builder ("parquet", "audiofolder") or "builtin".')
+    g.add_argument("--dataset_config_name")
+    g.add_argument("--dataset_revision", help='Hub revision, e.g. "refs/convert/parquet" for a script dataset.')
+    g.add_argument("--data_dir")
+    g.add_argument("--data_files", nargs="+")
+    g.add_argument("--cache_dir", help="datasets cache folder.")
+    g.add_argument("--builtin_sizes", help='Clips in the built-in train and test splits, e.g. "1200,300".')
+    g.add_argument("--streaming", action="store_true", help="Stream the dataset instead of downloading it.")
+    g.add_argument("--shuffle_buffer_size", type=int, default=1000, help="Streaming shuffle buffer (rows).")
+    g.add_argument("--train_split", help='Training split; several are joined with "+" (AS-2M: '
+                   '"bal_train+unbal_train" of agkphysics/AudioSet config "full"). Default: train.')
+    g.add_argument("--audio_column")
+    g.add_argument("--max_train_samples", type=int)
+    g.add_argument("--sampling_rate", type=int, default=16000)
+    g.add_argument("--max_length", type=int, help="Input frames (clips are truncated / padded or cropped to them).")
+    g.add_argument("--norm_mean", type=float, help="Log-mel mean (default: the recipe's / checkpoint's, else computed).")
+    g.add_argument("--norm_std", type=float, help="Log-mel standard deviation (default: as --norm_mean).")
+    g.add_argument("--num_workers", type=int, help="DataLoader workers (decoding and resampling).")
+    if labeled:
+        g.add_argument("--eval_split", help="Default: test / validation if present, else a fold or a random share.")
+        g.add_argument("--label_column")
+        g.add_argument("--label_names_column", help="Column with class names for integer labels (ESC-50: category).")
+        g.add_argument("--label_names", help="Comma-separated class names (needed for streaming string labels).")
+        g.add_argument("--fold_column")
+        g.add_argument("--eval_fold", type=int, help="Hold out this fold for evaluation (ESC-50: 1..5).")
+        g.add_argument("--eval_fraction", type=float, default=0.1, help="Held-out share when there is no eval split.")
+        g.add_argument("--max_eval_samples", type=int)
+        g.add_argument("--protocol", choices=("none",) + tuple(PROTOCOLS),
+                       help="Benchmark protocol filters (speech_commands_v2: the 35 words, no _silence_ rows, and a "
+                       "refusal of the 12-class test archive; see specpatch/speech_commands.py).")
+    return g
+
+
+def dataset_spec_from_args(args) -> DatasetSpec:
+    if args.dataset_name is None:
+        raise ValueError(f"Recipe {getattr(args, 'recipe', None)!r} needs --dataset_name (a hub id or a local folder).")
+    return DatasetSpec(args.dataset_name, args.dataset_config_name, args.data_dir, args.data_files, args.streaming,
+                       args.cache_dir, args.dataset_revision, builtin_sizes=parse_builtin_sizes(args.builtin_sizes))
+
+
+def _take(dataset, count: int | None, streaming: bool):
+    if not count:
+        return dataset
+    return dataset.take(count) if streaming else dataset.select(range(min(count, len(dataset))))
+
+
+class SkipFirstBatches:
+    """
+    Collate function of the first epoch of a resumed streaming run: the first `num_batches` batches are read but not
+    decoded (`None`), the rest are collated by `collate_fn`; the training loop drops the first `num_batches` batches.
+
+    The loader is built exactly as in an uninterrupted run (same dataset, epoch, workers and batch size), so it yields
+    the same batches in the same order: the run resumes mid-epoch on the same data. (`datasets.IterableDataset.skip`
+    cannot do this: the dataset it returns drops the shuffling configuration and the epoch, so from the second epoch
+    on, or with several shards, it skips rows of another order; and with several loader workers a per-worker skip
+    shifts the round-robin order of the batches.) The `DataLoader` hands batch `i` to worker `i % workers` while no
+    worker has run out of rows, so worker `w`'s `k`-th batch is batch `w + k * workers` or, once a worker ran out,
+    an earlier one: a batch skipped here is always one of the first `num_batches`.
+    """
+
+    def __init__(self, collate_fn, num_batches: int):
+        self.collate_fn = collate_fn
+        self.num_batches = int(num_batches)
+        self._calls = 0  # per process: each loader worker works on its own copy
+
+    def __call__(self, rows):
+        info = torch.utils.data.get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        local, self._calls = self._calls, self._calls + 1
+        if worker + local * workers < self.num_batches:
+            return None
+        return self.collate_fn(rows)
+
+
+class AudioData:
+    """
+    Everything a training loop needs about its data: the (joined) training split, the evaluation split, the label
+    map, the worker-side collator, and loaders that shard over processes and resume exactly.
+
+    Reads the flags of [`add_data_arguments`] from `args` (plus `seed`, `recipe`). With `labeled=False` (self-supervised
+    pre-training) only the audio column is read and clips come whole (`crop_samples` is what the device-side random
+    crop keeps); with `labeled=True` clips are truncated to the frames the model sees, and the evaluation split is
+    `--eval_split`, the dataset's test / validation split, a held-out `--eval_fold`, or a random `--eval_fraction`.
+    `--protocol` applies a benchmark's filters (see [`PROTOCOLS`]).
+    """
+
+    def __init__(self, args, accelerator, extractor, labeled: bool = True):
+        self.args = args
+        self.labeled = labeled
+        self.streaming = bool(args.streaming)
+        train_split = args.train_split or "train"
+        with accelerator.main_process_first():  # download / prepare once, then every process reads the cache
+            dataset, self.audio_column = load_audio_dataset(dataset_spec_from_args(args), args.audio_column)
+        self.dataset = dataset
+        train = select_split(dataset, train_split)
+        self.num_train_rows = None if self.streaming else len(train)
+        if self.streaming:
+            self.num_train_rows = split_num_rows(dataset, train_split)
+        self.crop_samples = self.max_samples = max_samples_for_frames(extractor.max_length, extractor)
+        self.label_column, self.label_map, self.evaluation = None, None, None
+        if not labeled:
+            self.train = _take(train.select_columns([self.audio_column]), args.max_train_samples, self.streaming)
+            self.columns = [self.audio_column]
+            # Whole clips come from the workers; a random crop happens on the training device.
+            self.collator = AudioCollator(self.audio_column, sampling_rate=extractor.sampling_rate,
+                                          min_samples=extractor.win_length)
+            return
+
+        features = train.features
+        self.label_column = args.label_column or find_column(features, LABEL_COLUMN_CANDIDATES, "label")
+        names_column = args.label_names_column
+        if names_column is None:
+            candidate = find_column(features, LABEL_NAME_COLUMN_CANDIDATES, "label name", required=False)
+            if candidate and candidate != self.label_column and "int" in str(features[self.label_column]):
+                names_column = candidate
+        fold_column = args.fold_column or find_column(features, FOLD_COLUMN_CANDIDATES, "fold", required=False)
+
+        eval_split = None
+        if args.eval_fold is None:
+            eval_split = pick_eval_split(dataset.keys(), train_split, args.eval_split)
+            if eval_split is None and fold_column and not self.streaming:
+                args.eval_fold = int(min(train.unique(fold_column)))
+                logger.info("No evaluation split: holding out fold %s of column %r.", args.eval_fold, fold_column)
+        if args.eval_fold is not None:
+            if not fold_column:
+                raise ValueError("--eval_fold needs a fold column (--fold_column).")
+            train, evaluation = split_by_fold(train, fold_column, args.eval_fold)
+            self.num_train_rows = len(train)
+        elif eval_split is not None:
+            evaluation = dataset[eval_split]
+        elif not self.streaming and args.eval_fraction > 0:
+            parts = train.train_test_split(test_size=args.eval_fraction, seed=args.seed)
+            train, evaluation = parts["train"], parts["test"]
+            self.num_train_rows = len(train)
+        else:
+            evaluation = None
+        self.eval_split = eval_split
+
+        label_names = args.label_names.split(",") if args.label_names else None
+        protocol = PROTOCOLS.get(getattr(args, "protocol", None) or "none")
+        if protocol is not None:
+            train, evaluation, self.label_map = protocol(train, evaluation, self.label_column, eval_split)
+            if not self.streaming:
+                self.num_train_rows = len(train)
+        train = _take(train, args.max_train_samples, self.streaming)
+        if evaluation is not None:
+            evaluation = _take(evaluation, args.max_eval_samples, self.streaming)
+        if self.label_map is None:
+            self.label_map = infer_label_map(train, self.label_column, names_column, label_names=label_names)
+        if args.max_train_samples and not self.streaming:
+            self.num_train_rows = len(train)
+        self.columns = [self.audio_column, self.label_column]
+        self.train, self.evaluation = train, evaluation
+        self.collator = AudioCollator(self.audio_column, self.label_column, self.label_map, extractor.sampling_rate,
+                                      self.max_samples, min_samples=extractor.win_length)
+
+    def sampling_weights(self) -> np.ndarray | None:
+        """AST's class-balanced weights when `--balanced_sampling` asks for them (auto: multi-label data)."""
+        use = getattr(self.args, "balanced_sampling", "false")
+        if not self.labeled or use == "false" or (use == "auto" and not self.label_map.multi_label):
+            return None
+        if self.streaming:
+            logger.warning("Balanced sampling needs a map-style dataset; streaming samples uniformly.")
+            return None
+        labels = self.train.select_columns([self.label_column])[self.label_column]
+        return balanced_sampling_weights([self.label_map.encode(v) for v in labels], self.label_map.num_labels)
+
+    def train_loader(self, per_device: int, accelerator):
+        """`(stream, loader)`: this process's sharded streaming dataset (None for map-style data) and its loader.
+        Map-style loaders draw an [`EpochSampler`] order and are meant for `accelerator.prepare`."""
+        args = self.args
+        workers = args.num_workers
+        if self.streaming:
+            shard = shard_streaming_dataset(self.train.select_columns(self.columns), accelerator.process_index,
+                                            accelerator.num_processes, args.seed, args.shuffle_buffer_size)
+            self._stream_workers = min(workers, getattr(shard, "num_shards", 1))
+            return shard, torch.utils.data.DataLoader(shard, batch_size=per_device, collate_fn=self.collator,
+                                                      num_workers=self._stream_workers)
+        sampler = EpochSampler(len(self.train), weights=self.sampling_weights(), shuffle=True, seed=args.seed)
+        loader = torch.utils.data.DataLoader(
+            IndexedDataset(self.train, self.columns), batch_size=per_device, sampler=sampler,
+            collate_fn=self.collator, num_workers=workers, persistent_workers=workers > 0,
+            generator=torch.Generator().manual_seed(args.seed),  # keeps loader start-up off the global RNG
+        )
+        return None, loader
+
+    def resumed_stream_loader(self, stream, per_device: int, skip: int):
+        """The streaming loader of an interrupted epoch, without its first `skip` batches (read, not decoded): the
+        same batches in the same order as the uninterrupted run (see [`SkipFirstBatches`])."""
+        import itertools
+
+        loader = torch.utils.data.DataLoader(stream, batch_size=per_device,
+                                             collate_fn=SkipFirstBatches(self.collator, skip),
+                                             num_workers=self._stream_workers)
+        return itertools.islice(loader, skip, None)
+
+    def eval_loader(self, per_device: int, accelerator):
+        """This process's contiguous share of the evaluation split (no padding, no duplicates), in order."""
+        if self.evaluation is None:
+            return None
+        rank, world = accelerator.process_index, accelerator.num_processes
+        if self.streaming:
+            from datasets.distributed import split_dataset_by_node
+
+            part = self.evaluation.select_columns(self.columns)
+            part = split_dataset_by_node(part, rank=rank, world_size=world) if world > 1 else part
+        else:
+            n = len(self.evaluation)
+            start, stop = rank * n // world, (rank + 1) * n // world
+            part = IndexedDataset(self.evaluation.select(range(start, stop)), self.columns)
+        return torch.utils.data.DataLoader(part, batch_size=per_device, collate_fn=self.collator,
+                                           num_workers=self.args.num_workers)
+
+    def statistics_clips(self, count: int = 200) -> list[np.ndarray]:
+        """The first `count` decodable training clips, decoded and cut to the frames the model sees (their first
+        segment), for the log-mel mean / std."""
+        rows = _take(self.train.select_columns([self.audio_column]), count, self.streaming)
+        clips = []
+        for row in rows:
+            try:
+                clip = decode_clip(row[self.audio_column], self.collator.sampling_rate)
+            except Exception:  # corrupt clip: skipped here as everywhere
+                continue
+            if clip.shape[-1] >= self.collator.min_samples:
+                clips.append(clip[: self.max_samples])
+        return clips
+
+
+class FeatureCollator:
+    """
+    `AudioCollator` followed by the batched front end, for `transformers.Trainer` (which feeds each batch's keys to
+    the model): returns `{"input_values": (batch, frames, mel), "labels": ...}` only. Decoding runs on the loader
+    workers as in the training scripts; the log-mel runs there too (CPU).
+    """
+
+    def __init__(self, audio_collator: AudioCollator, feature_extractor):
+        self.audio_collator = audio_collator
+        self.feature_extractor = feature_extractor
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        batch = self.audio_collator(rows)
+        if batch["waveforms"].shape[0] == 0:
+            raise ValueError("Every clip of this batch failed to decode; FeatureCollator cannot build a batch.")
+        features, _ = self.feature_extractor.extract_features(batch["waveforms"], batch["lengths"])
+        out = {"input_values": features}
+        if "labels" in batch:
+            out["labels"] = batch["labels"]
+        return out
+
 __all__ = [
     "AUDIOSET_REPO",
+    "PROTOCOLS",
+    "AudioData",
+    "FeatureCollator",
+    "SkipFirstBatches",
+    "add_data_arguments",
+    "parse_builtin_sizes",
+    "select_split",
+    "split_names",
     "BUILTIN_DATASET",
     "AudioCollator",
     "DatasetSpec",

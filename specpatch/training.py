@@ -106,6 +106,7 @@ def layer_decay_parameter_groups(
     weight_decay: float,
     layer_decay: float | None = None,
     num_layers: int | None = None,
+    stem_layer_decay: bool = True,
 ) -> list[dict[str, Any]]:
     """
     Optimizer parameter groups with layer-wise learning-rate decay (BEiT, Bao et al. 2021; AaPE Table I).
@@ -114,6 +115,11 @@ def layer_decay_parameter_groups(
     `learning_rate * layer_decay ** (num_layers + 1 - l)`: the head gets the full rate, each block below it
     `layer_decay` times the one above, the embeddings the smallest. `layer_decay=None` or `1.0` gives plain AdamW groups.
     Groups carry `lr_scale` and `layer_id` for logging; frozen parameters are left out.
+
+    `stem_layer_decay=False` keeps layer 0 (the input stem: patch embedding, AaPE's SBLU / Lambda encoder / fusion,
+    position embeddings, class tokens) at the full learning rate, as EAT's fine-tuning code does: it scales only the
+    Transformer blocks' parameters (`MaeImageClassificationModel`, data2vec-multi branch, cwx-worst-one/EAT
+    `models/EAT_audio_classification.py`). BEiT's rule (`True`) gives the stem `layer_decay ** (num_layers + 1)`.
 
     Returns:
         A list of dicts for `torch.optim.AdamW(groups, ...)`.
@@ -130,7 +136,7 @@ def layer_decay_parameter_groups(
         with_decay = uses_weight_decay(name, parameter)
         key = (layer_id, with_decay)
         if key not in groups:
-            scale = decay ** (num_layers + 1 - layer_id)
+            scale = 1.0 if (layer_id == 0 and not stem_layer_decay) else decay ** (num_layers + 1 - layer_id)
             groups[key] = {
                 "params": [],
                 "param_names": [],
@@ -347,8 +353,357 @@ def steps_per_epoch(batches_per_epoch: int, gradient_accumulation_steps: int) ->
     return max(1, math.ceil(batches_per_epoch / gradient_accumulation_steps))
 
 
+
+# ----------------------------------------------------------------------------------------------------------------
+# Recipes and command-line arguments shared by the scripts
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def parse_config_overrides(value) -> dict:
+    """`--config_overrides` as a dict: a JSON object, or `key=value` pairs separated by commas whose values are read as
+    JSON when they parse (numbers, booleans, lists such as `patch_size=[16,16]`) and as strings otherwise."""
+    if value is None or isinstance(value, dict):
+        return dict(value or {})
+    text = str(value).strip()
+    if not text:
+        return {}
+    if text.startswith("{"):
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--config_overrides is not valid JSON: {err}") from err
+        if not isinstance(parsed, dict):
+            raise ValueError(f"--config_overrides must be a JSON object, got {text!r}.")
+        return parsed
+    overrides = {}
+    # Split on commas that start a new `key=` (a list value such as [16,16] keeps its commas).
+    for item in re.split(r",(?=\s*[A-Za-z_]\w*\s*=)", text):
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z_]\w*", key):
+            raise ValueError(f"--config_overrides expects JSON or key=value pairs, got {item!r} in {text!r}.")
+        raw = raw.strip()
+        try:
+            overrides[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key] = raw
+    return overrides
+
+
+def apply_recipe(args, recipes: dict[str, dict], defaults: dict) -> dict:
+    """
+    Fills every argument a flag left unset (`None`) from the selected recipe (`args.recipe`), then from `defaults`.
+    A recipe's `dataset_config_name`, `train_split` and `eval_split` belong to its own dataset and are dropped when
+    `--dataset_name` names another one. Returns the recipe used.
+    """
+    if args.recipe not in recipes:
+        raise ValueError(f"Unknown recipe {args.recipe!r}; choose one of {sorted(recipes)}.")
+    recipe = dict(recipes[args.recipe])
+    if getattr(args, "dataset_name", None) is not None and args.dataset_name != recipe.get("dataset_name"):
+        for key in ("dataset_config_name", "train_split", "eval_split"):
+            recipe.pop(key, None)
+    for key, fallback in defaults.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, recipe.get(key, fallback))
+    return recipe
+
+
+def add_optimization_arguments(parser):
+    """Optimizer / schedule flags shared by the training scripts (an argument group; recipes fill unset values)."""
+    g = parser.add_argument_group("optimisation")
+    g.add_argument("--num_epochs", type=int, help="Epochs (map-style data); --max_train_steps wins.")
+    g.add_argument("--max_train_steps", type=int, help="Optimizer steps.")
+    g.add_argument("--batch_size", type=int, help="Global batch size (all processes, all accumulation steps).")
+    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    g.add_argument("--learning_rate", type=float, help="Peak learning rate.")
+    g.add_argument("--adam_beta1", type=float)
+    g.add_argument("--adam_beta2", type=float)
+    g.add_argument("--weight_decay", type=float)
+    g.add_argument("--warmup_steps", type=int)
+    g.add_argument("--min_lr_ratio", type=float, help="Final learning rate as a share of the peak (cosine).")
+    g.add_argument("--max_grad_norm", type=float, help="Gradient clipping; 0 = off.")
+    g.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), help="Default: accelerate's configuration.")
+    g.add_argument("--seed", type=int, default=42)
+    return g
+
+
+def add_run_arguments(parser):
+    """Output, checkpoint, resume and logging flags shared by the training scripts."""
+    import argparse
+
+    g = parser.add_argument_group("run")
+    g.add_argument("--output_dir", help="Default: outputs/<recipe>...")
+    g.add_argument("--overwrite_output_dir", action="store_true")
+    g.add_argument("--checkpointing_steps", type=int, help="Save a checkpoint every N optimizer steps (0 = off).")
+    g.add_argument("--checkpoints_total_limit", type=int, default=2)
+    g.add_argument("--resume", nargs="?", const="latest",
+                   help="Resume from a checkpoint folder, or (no value) from the latest one in --output_dir.")
+    g.add_argument("--logging_steps", type=int, default=10)
+    g.add_argument("--report_to", default="none", help='accelerate trackers: "all", "tensorboard", "wandb", ...')
+    g.add_argument("--record_example_ids", action="store_true", help=argparse.SUPPRESS)  # tests: log rows seen
+    return g
+
+
+def prepare_output_dir(args, what: str = "trained model") -> None:
+    """Refuses to overwrite a finished run (unless `--overwrite_output_dir` or `--resume`), then creates the folder."""
+    if (os.path.isfile(os.path.join(args.output_dir, "config.json")) and not args.overwrite_output_dir
+            and args.resume is None):
+        raise ValueError(f"{args.output_dir} already holds a {what}; pass --overwrite_output_dir or --resume.")
+    os.makedirs(args.output_dir, exist_ok=True)
+
+
+def check_distributed_engine(accelerator) -> None:
+    """
+    The training scripts support one process, DDP (`--multi_gpu`, CPU processes joined with gloo) and accelerate's
+    FSDP plugin; anything else (DeepSpeed, Megatron-LM, XLA) is refused with a clear error rather than run with
+    helpers (weight EMA, teacher EMA, checkpoint layout) that were not written for it.
+    """
+    from accelerate.utils import DistributedType
+
+    supported = {DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU, DistributedType.FSDP}
+    for name in ("MULTI_XPU", "MULTI_MLU", "MULTI_NPU", "MULTI_MUSA", "MULTI_SDAA", "MULTI_HPU"):
+        if hasattr(DistributedType, name):
+            supported.add(getattr(DistributedType, name))
+    if accelerator.distributed_type not in supported:
+        raise ValueError(
+            f"Distributed engine {accelerator.distributed_type} is not supported by the specpatch training scripts; "
+            "use one process, DDP (`accelerate launch --multi_gpu ...`) or FSDP (`accelerate launch --use_fsdp ...`)."
+        )
+
+
+def build_optimizer(model: nn.Module, args, layer_decay: float | None = None, stem_layer_decay: bool = True):
+    """AdamW over [`layer_decay_parameter_groups`] with the script's learning rate, betas and weight decay."""
+    groups = layer_decay_parameter_groups(model, args.learning_rate, args.weight_decay, layer_decay,
+                                          stem_layer_decay=stem_layer_decay)
+    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                             weight_decay=args.weight_decay)
+
+
+def total_training_steps(args, batches_per_epoch: int | None) -> int:
+    """`--max_train_steps` when given, else `--num_epochs` epochs of `batches_per_epoch` micro-batches."""
+    if args.max_train_steps:
+        if int(args.max_train_steps) < 1:
+            raise ValueError(f"--max_train_steps must be positive, got {args.max_train_steps}.")
+        return int(args.max_train_steps)
+    if args.num_epochs and batches_per_epoch:
+        return int(args.num_epochs) * steps_per_epoch(batches_per_epoch, args.gradient_accumulation_steps)
+    raise ValueError("Unknown dataset size (streaming) or no --num_epochs: pass --max_train_steps.")
+
+
+def shared_normalization_stats(extractor, clips_fn, accelerator) -> dict:
+    """Log-mel mean / std computed once on the main process from `clips_fn()` and broadcast, so every process
+    normalises identically. Returns `{"mean", "std", "clips"}`."""
+    from accelerate.utils import broadcast_object_list
+
+    stats = [None]
+    if accelerator.is_main_process:
+        clips = clips_fn()
+        if not clips:
+            raise ValueError("No decodable training clip to compute the log-mel statistics on.")
+        stats = [{**extractor.compute_normalization_stats(clips, extractor.sampling_rate), "clips": len(clips)}]
+    broadcast_object_list(stats)
+    return stats[0]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The training loop's bookkeeping
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class TrainingLoop:
+    """
+    The part of a training loop that does not depend on the model: epochs, per-process micro-batches, exact mid-epoch
+    resume, optimizer-step bookkeeping, checkpoints, and corrupt-clip counts. `finetune.py` and `pretrain_aape.py`
+    write only their forward pass, loss and logging:
+
+        loop = TrainingLoop(accelerator, args, data, stream, loader, scheduler, total_steps, batches_per_epoch)
+        loop.register(ema)                     # optional extra state saved with every checkpoint
+        loop.resume(resolve_resume_path(args.resume, args.output_dir))
+        for batch, generator in loop.micro_batches(on_epoch_end=...):
+            with accelerator.accumulate(model):
+                ...                            # forward, backward, clip, optimizer.step(), zero_grad()
+            if loop.step_done():               # an optimizer step completed (scheduler stepped, counters moved)
+                ...                            # EMA / teacher update, logging, evaluation
+                loop.maybe_checkpoint()
+
+    Data order: map-style loaders (prepared by accelerate, [`EpochSampler`]) skip the finished batches of the
+    interrupted epoch with `accelerator.skip_first_batches`; streaming loaders rebuild the same loader and drop its
+    first batches undecoded (`AudioData.resumed_stream_loader`). Streaming shards of unequal length put the processes
+    at different points of their epochs, so checkpoints keep every process's own `(epoch, step_in_epoch)`.
+    Corrupt-clip counts: accelerate saves registered objects from the main process only, so each checkpoint holds the
+    totals over all processes and each process counts its new reads on top.
+    Augmentations draw from `generator`, seeded by `(seed, process, micro-step)`: a resumed run draws the same ones.
+    """
+
+    def __init__(self, accelerator, args, data, stream, loader, scheduler, total_steps: int,
+                 batches_per_epoch: int | None, desc: str = "train"):
+        from tqdm.auto import tqdm
+
+        self.accelerator = accelerator
+        self.args = args
+        self.data = data
+        self.stream = stream
+        self.loader = loader
+        self.scheduler = scheduler
+        self.total_steps = int(total_steps)
+        self.batches_per_epoch = batches_per_epoch
+        self.accumulation = int(args.gradient_accumulation_steps)
+        self.state = TrainingState()
+        self.state.extra = {"skip_events": 0, "skipped_rows": []}
+        accelerator.register_for_checkpointing(scheduler, self.state)
+        self.resumed_skip_events = 0
+        self.local_skip_events = 0
+        self.skipped_rows: set[int] = set()
+        self.seen_rows: list[int] = []
+        self.epoch = self.state.epoch
+        self._stop = False
+        self._finished_epoch = True
+        self._desc = desc
+        self._tqdm = tqdm
+        self.progress = None
+
+    def register(self, *objects) -> None:
+        """Further objects (with `state_dict` / `load_state_dict`) saved with every checkpoint."""
+        objects = [o for o in objects if o is not None]
+        if objects:
+            self.accelerator.register_for_checkpointing(*objects)
+
+    def resume(self, path: str | None) -> None:
+        """`accelerator.load_state(path)` (model, optimizer, scheduler, registered objects, RNG states) and this
+        process's own loop position; nothing when `path` is None."""
+        if path:
+            self.accelerator.load_state(path)
+            positions = self.state.extra.get("positions")
+            if positions and len(positions) == self.accelerator.num_processes:
+                self.state.epoch, self.state.step_in_epoch = (int(v) for v in positions[self.accelerator.process_index])
+            logger.info("Resumed from %s at %s", path, self.state)
+        self.resumed_skip_events = int(self.state.extra.get("skip_events", 0))
+        self.skipped_rows = set(self.state.extra.get("skipped_rows", []))
+
+    def _epoch_loader(self, epoch: int, skip: int):
+        if self.stream is None:
+            loader = self.accelerator.skip_first_batches(self.loader, skip) if skip else self.loader
+            loader.set_epoch(epoch)
+            return loader
+        self.stream.set_epoch(epoch)
+        if skip:
+            per_device = self.loader.batch_size
+            return self.data.resumed_stream_loader(self.stream, per_device, skip)
+        return self.loader
+
+    def micro_batches(self, on_epoch_end=None):
+        """Yields `(batch, generator)` per micro-batch until `total_steps` optimizer steps are done; calls
+        `on_epoch_end(epoch)` after every complete epoch except one that ends the run."""
+        state = self.state
+        device = self.accelerator.device
+        self.progress = self._tqdm(total=self.total_steps, initial=state.global_step, desc=self._desc,
+                                   disable=not self.accelerator.is_local_main_process, dynamic_ncols=True)
+        micro_step = state.global_step * self.accumulation
+        while state.global_step < self.total_steps and not self._stop:
+            self.epoch = epoch = state.epoch
+            loader = self._epoch_loader(epoch, state.step_in_epoch * self.accumulation)
+            self._finished_epoch = True
+            for batch in loader:
+                if self.stream is not None:  # not prepared by accelerate: move it here
+                    batch = {k: v.to(device) for k, v in batch.items()}
+                events = batch["skipped_index"].tolist()
+                if events:
+                    self.local_skip_events += len(events)
+                    self.skipped_rows.update(events)
+                if self.args.record_example_ids:
+                    self.seen_rows.extend(batch["index"].tolist() + events)
+                generator = step_generator(self.args.seed, self.accelerator.process_index, micro_step)
+                micro_step += 1
+                yield batch, generator
+                if self._stop:
+                    break
+            if self._finished_epoch:
+                state.epoch += 1
+                state.step_in_epoch = 0
+                if on_epoch_end is not None and state.global_step < self.total_steps:
+                    on_epoch_end(epoch)
+        self.progress.close()
+
+    def step_done(self) -> bool:
+        """After a micro-batch: whether it completed an optimizer step; if so the scheduler steps and the counters
+        move (call it once per micro-batch, after `optimizer.step()`)."""
+        if not self.accelerator.sync_gradients:
+            return False
+        self.scheduler.step()
+        state = self.state
+        state.global_step += 1
+        state.step_in_epoch += 1
+        if self.progress is not None:
+            self.progress.update(1)
+        if state.global_step >= self.total_steps:
+            self._stop = True
+            # The last step may also be the last of its epoch: then that epoch is complete.
+            self._finished_epoch = bool(self.batches_per_epoch) and state.step_in_epoch >= steps_per_epoch(
+                self.batches_per_epoch, self.accumulation)
+        return True
+
+    @property
+    def global_step(self) -> int:
+        return self.state.global_step
+
+    def should(self, every: int | None) -> bool:
+        """Whether the step just done is a multiple of `every` (or the last step when `every` is 0 / None: False)."""
+        return bool(every) and self.state.global_step % int(every) == 0
+
+    def total_skips(self) -> tuple[int, list[int]]:
+        """Skipped clip reads and distinct skipped rows over all processes (collective: call on every process)."""
+        from accelerate.utils import gather_object
+
+        device = self.accelerator.device
+        events = int(self.accelerator.reduce(torch.tensor([self.local_skip_events], device=device), "sum"))
+        rows = sorted({r for part in gather_object([sorted(self.skipped_rows)]) for r in part})
+        return self.resumed_skip_events + events, rows
+
+    def maybe_checkpoint(self) -> str | None:
+        """A checkpoint every `--checkpointing_steps` optimizer steps (collective: call on every process)."""
+        if not self.should(self.args.checkpointing_steps):
+            return None
+        from accelerate.utils import gather_object
+
+        state = self.state
+        state.extra["skip_events"], state.extra["skipped_rows"] = self.total_skips()
+        state.extra["positions"] = gather_object([(state.epoch, state.step_in_epoch)])
+        path = save_checkpoint(self.accelerator, self.args.output_dir, state.global_step,
+                               self.args.checkpoints_total_limit)
+        logger.info("Checkpoint %s", path)
+        return path
+
+    def finish(self) -> dict:
+        """End-of-run counts over all processes (collective); writes each process's seen rows when recording."""
+        skip_events, rows = self.total_skips()
+        if skip_events and self.accelerator.is_main_process:
+            logger.warning("Skipped %d corrupt or empty training clip reads (%d distinct rows).", skip_events,
+                           len([r for r in rows if r >= 0]) or skip_events)
+        if self.args.record_example_ids:
+            path = os.path.join(self.args.output_dir, f"seen_rows_rank{self.accelerator.process_index}.json")
+            with open(path, "w") as f:
+                json.dump(self.seen_rows, f)
+        return {
+            "global_step": self.state.global_step,
+            "epochs_completed": self.state.epoch,
+            "num_processes": self.accelerator.num_processes,
+            "train_skipped_clip_reads": skip_events,
+            "train_skipped_rows": [r for r in rows if r >= 0],
+        }
+
+
 __all__ = [
+    "TrainingLoop",
     "TrainingState",
+    "add_optimization_arguments",
+    "add_run_arguments",
+    "apply_recipe",
+    "build_optimizer",
+    "check_distributed_engine",
+    "parse_config_overrides",
+    "prepare_output_dir",
+    "shared_normalization_stats",
+    "total_training_steps",
     "WeightEMA",
     "cosine_schedule_with_warmup",
     "cpu_multiprocess",
