@@ -11,6 +11,11 @@ from .configuration_patching import patch_pair
 PATCH_EMBEDDING_TYPES = ("standard", "aape_nonadaptive", "aape")
 POSITION_EMBEDDING_TYPES = ("sincos", "learned")
 TEACHER_INSTANCE_NORM_AXES = ("channels", "tokens")
+TEACHER_TARGET_LAYER_OUTPUTS = ("ffn", "block")
+MASK_BLOCK_PLACEMENTS = ("eat", "inside")
+MASKED_SBLU_INPUTS = ("visible", "full")
+UTTERANCE_LOSS_REDUCTIONS = ("mean", "sum")
+CONTRASTIVE_NEGATIVES = ("global", "local")
 
 
 @strict
@@ -104,7 +109,17 @@ class AaPEViTConfig(PreTrainedConfig):
             Masks (views) per clip `M`, all in one batch (value lost; inferred from EAT's 16 clones).
         mask_block_size_range (`(int, int)`, *optional*, defaults to `(3, 5)`):
             Smallest and largest side, in patches, of the square visible blocks of inverse block masking; each view
-            draws its side uniformly (range lost; inferred around EAT's 5 x 5).
+            draws its side uniformly (range lost; inferred around EAT's fixed 5 x 5, `mask_length: 5` in EAT's
+            `config/pretraining_AS2M.yaml`).
+        mask_block_placement (`str`, *optional*, defaults to `"eat"`):
+            How the visible blocks are placed (`specpatch.masking.inverse_block_mask`). `"eat"`: EAT's
+            `compute_block_mask_2d(inverse_mask=True)`, block centres drawn uniformly over the grid, blocks clamped to
+            it, over-placed by `mask_prob_adjust`, then random block cells masked down to the visible budget (few
+            isolated visible tokens: about 6 % on 8 x 38 with 5 x 5 blocks). `"inside"`: the earlier rule, whole blocks
+            inside the grid under-placed and topped up with isolated random tokens (about 16 %).
+        mask_prob_adjust (`float`, *optional*, defaults to 0.07):
+            EAT's `mask_prob_adjust` (`config/pretraining_AS2M.yaml`): extra share of the grid covered by visible
+            block centres before the union is cut down to the budget (`"eat"` placement only).
         predictor_hidden_size (`int`, *optional*, defaults to 512):
             Width of the cross-attention predictor.
         predictor_num_layers (`int`, *optional*, defaults to 3):
@@ -123,15 +138,50 @@ class AaPEViTConfig(PreTrainedConfig):
             Weight `lambda` of the contrastive loss (Table V default).
         contrastive_projection_dim (`int`, *optional*, defaults to 128):
             Output width of the contrastive MLP `D -> D/2 -> out` (inferred: SimCLR's 128).
+        contrastive_negatives (`str`, *optional*, defaults to `"global"`):
+            Where the InfoNCE negatives come from (Eq. 5: "embeddings from other samples in the batch"). `"global"`:
+            the embeddings of every process are all-gathered with gradient (`torch.distributed.nn.functional
+            .all_gather`), so with data parallelism each anchor sees the whole global batch and the loss equals the
+            single-process loss on that batch; `"local"`: only the process's own micro-batch (the earlier behaviour).
+            Without an initialised process group both are the same.
         utterance_loss_weight (`float`, *optional*, defaults to 1.0):
             Weight of the utterance loss (unit in the paper, following EAT).
+        utterance_projection (`bool`, *optional*, defaults to `False`):
+            Whether the student class token passes through a `Linear(D -> D)` before the utterance loss. Sec. III-D
+            and EAT (`cls_loss` with `utterance_level: false`) compare the class token itself with the mean teacher
+            target; `True` keeps the earlier extra projection.
+        utterance_loss_reduction (`str`, *optional*, defaults to `"mean"`):
+            How the per-row utterance errors (one row per clip and view) are reduced. `"mean"`: averaged over the
+            rows, like the masked loss is averaged over tokens. `"sum"`: summed over the rows of each process's
+            micro-batch, EAT's effective scaling: its fairseq criterion multiplies the class-token loss by the
+            `sample_size` (masked tokens) by which the whole loss is later divided, so relative to the masked loss
+            the utterance term weighs `rows per process` times more than with `"mean"` (192 in EAT's recipe, 12
+            clips x 16 clones per GPU; `models/EAT_pretraining.py`).
         regression_loss_scale (`float`, *optional*):
             The masked and utterance losses are per-token squared errors summed over channels times this scale,
-            averaged over tokens; `None` means `1 / sqrt(hidden_size)` (inferred, EAT / data2vec 2.0).
+            averaged over tokens; `None` means `1 / sqrt(hidden_size)` (EAT / data2vec 2.0 `d2v_loss`).
+        teacher_target_layer_output (`str`, *optional*, defaults to `"ffn"`):
+            Which output of each teacher block feeds the targets. `"ffn"`: the feed-forward output *before* the
+            residual add (data2vec 2.0 / EAT `ffn_targets`, `end_of_block_targets: false`); `"block"`: the block's
+            output, the residual stream (earlier behaviour), which carries the input patch embedding and the
+            position embedding that the predictor's queries also carry, so part of each target can be copied.
+        teacher_average_top_k_layers (`int`, *optional*):
+            Number of final teacher blocks whose outputs are averaged; `None` means all (EAT's
+            `average_top_k_layers: 12` for ViT-B).
         teacher_instance_norm_axis (`str`, *optional*, defaults to `"channels"`):
             Axis of the per-layer instance normalisation of the teacher targets: `"channels"` normalises each token
             over its channels (the paper's wording, Sec. III-D); `"tokens"` normalises each channel over the tokens
-            of a clip (what data2vec 2.0's code does with `instance_norm`). Inferred.
+            of a clip (what data2vec 2.0 / EAT's code does: `F.instance_norm` on `(batch, channels, tokens)`,
+            `instance_norm_target_layer: true`). Either way the layer average is then layer-normalised without
+            affine parameters (`layer_norm_targets: true`).
+        masked_sblu_input (`str`, *optional*, defaults to `"visible"`):
+            What the SBLU of a masked student view sees. Its high-pass (63 taps, forward-backward), its kernel (63
+            frames) and its GroupNorm (statistics over all frames of a frequency patch) reach across patch
+            boundaries, so on the whole spectrogram the masked content would move the visible tokens. `"visible"`:
+            the masked patches of the view are set to 0 (the standardised log-mel's mean) before the high-pass, and
+            the GroupNorm statistics are taken over the view's visible frames only, so nothing a view masks can
+            influence its visible tokens (the standard `Conv2d` stem and the Lambda encoder, which runs on visible
+            tokens only, do not look across patches). `"full"`: the whole spectrogram (earlier behaviour; leaks).
         ema_momentum_start (`float`, *optional*, defaults to 0.994):
             EMA teacher momentum at the first step.
         ema_momentum_end (`float`, *optional*, defaults to 1.0):
@@ -171,6 +221,8 @@ class AaPEViTConfig(PreTrainedConfig):
     mask_ratio: float = 0.8
     num_views: int = 16
     mask_block_size_range: list[int] | tuple[int, int] = (3, 5)
+    mask_block_placement: str = "eat"
+    mask_prob_adjust: float | int = 0.07
     predictor_hidden_size: int = 512
     predictor_num_layers: int = 3
     predictor_num_attention_heads: int = 16
@@ -179,9 +231,15 @@ class AaPEViTConfig(PreTrainedConfig):
     contrastive_temperature: float = 0.1
     contrastive_weight: float | int = 0.1
     contrastive_projection_dim: int = 128
+    contrastive_negatives: str = "global"
     utterance_loss_weight: float | int = 1.0
+    utterance_projection: bool = False
+    utterance_loss_reduction: str = "mean"
     regression_loss_scale: float | None = None
+    teacher_target_layer_output: str = "ffn"
+    teacher_average_top_k_layers: int | None = None
     teacher_instance_norm_axis: str = "channels"
+    masked_sblu_input: str = "visible"
     ema_momentum_start: float = 0.994
     ema_momentum_end: float | int = 1.0
 
@@ -215,6 +273,11 @@ class AaPEViTConfig(PreTrainedConfig):
             ("patch_embedding_type", PATCH_EMBEDDING_TYPES),
             ("position_embedding_type", POSITION_EMBEDDING_TYPES),
             ("teacher_instance_norm_axis", TEACHER_INSTANCE_NORM_AXES),
+            ("teacher_target_layer_output", TEACHER_TARGET_LAYER_OUTPUTS),
+            ("mask_block_placement", MASK_BLOCK_PLACEMENTS),
+            ("masked_sblu_input", MASKED_SBLU_INPUTS),
+            ("utterance_loss_reduction", UTTERANCE_LOSS_REDUCTIONS),
+            ("contrastive_negatives", CONTRASTIVE_NEGATIVES),
         )
         for name, allowed in choices:
             if getattr(self, name) not in allowed:
@@ -263,6 +326,14 @@ class AaPEViTConfig(PreTrainedConfig):
         block = self.mask_block_size_range
         if len(block) != 2 or not 1 <= block[0] <= block[1]:
             raise ValueError(f"`mask_block_size_range` must be (min, max) with 1 <= min <= max, got {block}.")
+        if not self.mask_prob_adjust >= 0:
+            raise ValueError(f"`mask_prob_adjust` must be >= 0, got {self.mask_prob_adjust}.")
+        top_k = self.teacher_average_top_k_layers
+        if top_k is not None and not 1 <= top_k <= self.num_hidden_layers:
+            raise ValueError(
+                f"`teacher_average_top_k_layers` must be None or between 1 and num_hidden_layers "
+                f"({self.num_hidden_layers}), got {top_k}."
+            )
         if self.contrastive_temperature <= 0:
             raise ValueError(f"`contrastive_temperature` must be positive, got {self.contrastive_temperature}.")
         if not 0.0 <= self.ema_momentum_start <= self.ema_momentum_end <= 1.0:

@@ -4,8 +4,11 @@
 * `inverse_block_mask`: EAT's *inverse block* multi-mask. Instead of masking blocks, the *visible* tokens are chosen
   as square blocks of patches and everything else is masked, so the student keeps a few contiguous
   time-frequency regions and has to predict large connected areas. Every row masks exactly
-  `round(mask_ratio * tokens)` tokens (the block union is topped up with random tokens), so all views of a batch have
-  the same number of visible tokens and can be gathered into one dense tensor. Several independent masks ("views")
+  `round(mask_ratio * tokens)` tokens, so all views of a batch have the same number of visible tokens and can be
+  gathered into one dense tensor. EAT (`utils/data_utils.py` `compute_block_mask_2d`, `inverse_mask=True`,
+  `require_same_masks=True`) *over-places* visible blocks (`mask_prob_adjust`) and then masks random cells of their
+  union down to the visible budget, which leaves few isolated visible tokens; the older placement (`"inside"`)
+  under-places whole blocks and tops the union up with isolated random tokens. Several independent masks ("views")
   are drawn per clip, all in one batch (the multi-mask strategy).
 * `sample_masked_subset`: a random subset of the masked positions of every row (the predictor's queries, 75 % of the
   masked tokens as in CrossMAE).
@@ -33,6 +36,9 @@ def num_masked_tokens(num_tokens: int, mask_ratio: float) -> int:
     return int(mask_ratio * num_tokens + 0.5)
 
 
+BLOCK_PLACEMENTS = ("eat", "inside")
+
+
 def inverse_block_mask(
     batch: int,
     grid: Sequence[int],
@@ -41,17 +47,27 @@ def inverse_block_mask(
     block_size_range: Sequence[int] = (3, 5),
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
+    mask_prob_adjust: float = 0.07,
+    placement: str = "eat",
 ) -> torch.Tensor:
     """Inverse block masks for `batch` clips with `num_views` independent masks each (EAT's inverse block multi-mask).
 
-    For every view independently:
+    For every view independently, with `V = tokens - round(mask_ratio * tokens)` visible tokens:
 
     1. a square block side `b` is drawn uniformly from `block_size_range` (inclusive, in patches; clipped to the
        grid);
-    2. `floor(V / b**2)` blocks of `b x b` patches, with `V = tokens - round(mask_ratio * tokens)` the number of
-       visible tokens, are placed uniformly at random *inside* the grid (they may overlap) and made visible;
-    3. the remaining `V - |union of blocks|` visible tokens are drawn uniformly at random from the rest, so exactly
-       `round(mask_ratio * tokens)` tokens are masked in every row.
+    2. blocks of `b x b` patches are made visible:
+
+       * `placement="eat"` (EAT's `compute_block_mask_2d` with `inverse_mask=True`): `int(tokens * (V / tokens +
+         mask_prob_adjust) / b**2)` block centres are drawn uniformly over the whole grid (with replacement); each
+         block spans `centre - b // 2 .. centre - b // 2 + b - 1` on both axes, clamped to the grid (edge blocks
+         are cut off). `mask_prob_adjust` over-places blocks so that their union usually exceeds `V`;
+       * `placement="inside"` (the earlier specpatch rule): `floor(V / b**2)` blocks placed uniformly *inside* the
+         grid, so the union never exceeds `V`;
+
+    3. the visible set is cut to exactly `V` tokens: when the union of the blocks is larger, `V` of its cells are
+       kept at random (EAT masks random block cells, which makes holes inside blocks rather than isolated visible
+       tokens); when it is smaller, the missing visible tokens are drawn at random from the rest of the grid.
 
     Args:
         batch (`int`): number of clips.
@@ -59,9 +75,13 @@ def inverse_block_mask(
             `index = f * time_patches + t` (the order of `Conv2d(...).flatten(2)`).
         mask_ratio (`float`, *optional*, defaults to 0.8): share of masked tokens, in `[0, 1)`.
         num_views (`int`, *optional*, defaults to 1): independent masks per clip.
-        block_size_range (`(int, int)`, *optional*, defaults to `(3, 5)`): smallest and largest block side.
+        block_size_range (`(int, int)`, *optional*, defaults to `(3, 5)`): smallest and largest block side (EAT:
+            a fixed `mask_length` of 5; the AaPE paper draws it from a range whose values were lost).
         generator (`torch.Generator`, *optional*): CPU random generator, for reproducible masks.
         device (*optional*): device of the returned mask (masks are drawn on the CPU).
+        mask_prob_adjust (`float`, *optional*, defaults to 0.07): EAT's `mask_prob_adjust`, extra share of the grid
+            covered by block centres (`placement="eat"` only).
+        placement (`str`, *optional*, defaults to `"eat"`): `"eat"` or `"inside"`, see step 2.
 
     Returns:
         `torch.BoolTensor` of shape `(batch * num_views, frequency_patches * time_patches)`, `True` = masked. Row
@@ -76,6 +96,10 @@ def inverse_block_mask(
         raise ValueError(f"`mask_ratio` must lie in [0, 1), got {mask_ratio!r}.")
     if len(block_size_range) != 2 or not 1 <= block_size_range[0] <= block_size_range[1]:
         raise ValueError(f"`block_size_range` must be (min, max) with 1 <= min <= max, got {block_size_range!r}.")
+    if placement not in BLOCK_PLACEMENTS:
+        raise ValueError(f"`placement` must be one of {BLOCK_PLACEMENTS}, got {placement!r}.")
+    if not mask_prob_adjust >= 0.0:
+        raise ValueError(f"`mask_prob_adjust` must be >= 0, got {mask_prob_adjust!r}.")
 
     rows, num_tokens = int(batch) * int(num_views), num_f * num_t
     num_visible = num_tokens - num_masked_tokens(num_tokens, mask_ratio)
@@ -83,27 +107,50 @@ def inverse_block_mask(
     smallest = min(int(block_size_range[0]), largest)
 
     sides = torch.randint(smallest, largest + 1, (rows,), generator=generator)
-    num_blocks = num_visible // sides.square()  # the union of the blocks never exceeds the visible budget
+    if placement == "eat":
+        # EAT: int(L * (mask_prob + mask_prob_adjust) / mask_length**2) centres, mask_prob the visible share here.
+        num_blocks = ((num_visible + mask_prob_adjust * num_tokens) / sides.square()).floor().long()
+    else:
+        num_blocks = num_visible // sides.square()  # the union of the blocks never exceeds the visible budget
     max_blocks = int(num_blocks.max())
     visible = torch.zeros(rows, num_tokens + 1)  # the last column collects unused block cells
     if max_blocks > 0:
         corners = torch.rand(rows, max_blocks, 2, generator=generator)
-        # top-left corners uniform over the positions where a b x b block lies inside the grid
-        top = (corners[..., 0] * (num_f - sides + 1)[:, None]).floor().long()
-        left = (corners[..., 1] * (num_t - sides + 1)[:, None]).floor().long()
         offsets = torch.arange(largest)
-        cell_f = top[:, :, None, None] + offsets[:, None]  # (rows, blocks, largest, largest)
-        cell_t = left[:, :, None, None] + offsets[None, :]
+        if placement == "eat":
+            # centres uniform over the grid, blocks centre - b // 2 .. + b - 1, clamped to the grid (EAT)
+            top = (corners[..., 0] * num_f).floor().long() - (sides // 2)[:, None]
+            left = (corners[..., 1] * num_t).floor().long() - (sides // 2)[:, None]
+            cell_f = (top[:, :, None, None] + offsets[:, None]).clamp(0, num_f - 1)  # (rows, blocks, largest, 1)
+            cell_t = (left[:, :, None, None] + offsets[None, :]).clamp(0, num_t - 1)
+        else:
+            # top-left corners uniform over the positions where a b x b block lies inside the grid
+            top = (corners[..., 0] * (num_f - sides + 1)[:, None]).floor().long()
+            left = (corners[..., 1] * (num_t - sides + 1)[:, None]).floor().long()
+            cell_f = top[:, :, None, None] + offsets[:, None]
+            cell_t = left[:, :, None, None] + offsets[None, :]
         inside = (offsets[:, None] < sides[:, None, None, None]) & (offsets[None, :] < sides[:, None, None, None])
         used = torch.arange(max_blocks)[None, :, None, None] < num_blocks[:, None, None, None]
         cells = torch.where(inside & used, cell_f * num_t + cell_t, num_tokens)
         visible.scatter_(1, cells.flatten(1), 1.0)
     visible = visible[:, :num_tokens]
-    # Block cells rank first (score >= 2), random tokens fill the rest of the visible budget.
+    # Block cells rank first (score >= 2): a random V of them when the union is larger than V (EAT masks random
+    # block cells down to the target), random other tokens fill the rest when it is smaller.
     scores = torch.rand(rows, num_tokens, generator=generator) + 2.0 * visible
     keep = scores.topk(num_visible, dim=1).indices
     mask = torch.ones(rows, num_tokens, dtype=torch.bool).scatter_(1, keep, False)
     return mask if device is None else mask.to(device)
+
+
+def isolated_visible_share(bool_masked_pos: torch.Tensor, grid: Sequence[int]) -> float:
+    """Share of the visible tokens with no visible 4-neighbour (above, below, left, right) on the patch grid: a
+    measure of how block-like a mask is (EAT's masks on an 8 x 38 grid: about 6 %)."""
+    num_f, num_t = _check_grid(grid)
+    visible = (~bool_masked_pos).float().view(-1, 1, num_f, num_t)
+    cross = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
+    neighbours = torch.nn.functional.conv2d(visible, cross.to(visible), padding=1)
+    isolated = (visible > 0) & (neighbours == 0)
+    return float(isolated.sum() / visible.sum().clamp_min(1))
 
 
 def mask_to_indices(bool_masked_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,4 +189,10 @@ def sample_masked_subset(
     return masked_indices.gather(1, chosen)
 
 
-__all__ = ["inverse_block_mask", "mask_to_indices", "num_masked_tokens", "sample_masked_subset"]
+__all__ = [
+    "inverse_block_mask",
+    "isolated_visible_share",
+    "mask_to_indices",
+    "num_masked_tokens",
+    "sample_masked_subset",
+]

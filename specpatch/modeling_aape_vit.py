@@ -229,23 +229,28 @@ class AaPEViTEmbeddings(nn.Module):
             embeddings = standard + position
         else:
             spectrogram = input_values.transpose(1, 2)  # (batch, mel, frames), the SBLU's layout
+            # `masked_sblu_input="visible"`: each view's SBLU sees only its visible patches (masked ones zeroed,
+            # GroupNorm statistics over visible frames), so masked content cannot reach its visible tokens.
+            visible_patches = None
+            if bool_masked_pos is not None and self.config.masked_sblu_input == "visible":
+                visible_patches = ~bool_masked_pos.to(spectrogram.device).view(rows, *grid)
+            per_view = num_views > 1 and (self.lambda_encoder is not None or visible_patches is not None)
+            if per_view:
+                spectrogram = spectrogram.repeat_interleave(num_views, 0)
             if self.lambda_encoder is not None:
                 raw = self.lambda_encoder(standard + position)  # visible tokens only
                 if visible_index is not None:
                     # Masked positions get fixed neutral raw values (0: mid-band frequency, decay softplus(0) +
-                    # alpha_min). Their SBLU tokens are dropped, but they still enter the SBLU's GroupNorm statistics
-                    # (taken over all frames of a frequency patch), so they must not depend on masked content.
+                    # alpha_min), so that nothing masked enters the SBLU through them.
                     raw = raw.new_zeros(rows, num_patches, raw.shape[-1]).scatter(
                         1, visible_index[..., None].expand(-1, -1, raw.shape[-1]), raw
                     )
                 decay, frequency = self.sblu.parameters_from_tokens(raw)
-                if num_views > 1:
-                    spectrogram = spectrogram.repeat_interleave(num_views, 0)
-                sblu_tokens = self.sblu(spectrogram, decay, frequency)
+                sblu_tokens = self.sblu(spectrogram, decay, frequency, visible_patches=visible_patches)
             else:
-                sblu_tokens = self.sblu(spectrogram)  # the same for every view of a clip
-                if num_views > 1:
-                    sblu_tokens = sblu_tokens.repeat_interleave(num_views, 0)
+                sblu_tokens = self.sblu(spectrogram, visible_patches=visible_patches)
+                if num_views > 1 and not per_view:
+                    sblu_tokens = sblu_tokens.repeat_interleave(num_views, 0)  # the same for every view of a clip
             embeddings = self.fusion(standard, _gather_tokens(sblu_tokens, visible_index)) + position
 
         if self.cls_token is not None:
@@ -637,19 +642,47 @@ class AaPEViTTeacher(nn.Module):
         self.embeddings = AaPEViTEmbeddings(config, use_class_token=False)
         self.encoder = _build_encoder(config)
 
-    def forward(self, input_values: torch.Tensor, instance_norm_axis: str = "channels") -> torch.Tensor:
-        """Teacher targets `(batch, patches, D)` of the unmasked input (see `teacher_targets_from_layers`)."""
+    def layer_outputs(self, input_values: torch.Tensor, layer_output: str = "ffn") -> list[torch.Tensor]:
+        """Per-block outputs `(batch, patches, D)` of the unmasked input, first block first. `layer_output="ffn"`: each
+        block's feed-forward output before the residual add (data2vec 2.0 / EAT `AltBlock` with `ffn_targets`, read
+        with forward hooks on the blocks' MLPs); `"block"`: each block's output (the residual stream)."""
         embeddings, _ = self.embeddings(input_values)
-        _, hidden_states, _ = self.encoder(embeddings, output_hidden_states=True)
-        return teacher_targets_from_layers(hidden_states[1:], instance_norm_axis)
+        if layer_output == "block":
+            _, hidden_states, _ = self.encoder(embeddings, output_hidden_states=True)
+            return list(hidden_states[1:])
+        if layer_output != "ffn":
+            raise ValueError(f"`layer_output` must be 'ffn' or 'block', got {layer_output!r}.")
+        outputs: list[torch.Tensor] = []
+        handles = [
+            layer.mlp.register_forward_hook(lambda module, args, output: outputs.append(output))
+            for layer in self.encoder.layers
+        ]
+        try:
+            self.encoder(embeddings)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return outputs
+
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        instance_norm_axis: str = "channels",
+        layer_output: str = "ffn",
+        top_k_layers: int | None = None,
+    ) -> torch.Tensor:
+        """Teacher targets `(batch, patches, D)` of the unmasked input: the last `top_k_layers` (all for `None`) block
+        outputs of kind `layer_output`, combined by `teacher_targets_from_layers`."""
+        outputs = self.layer_outputs(input_values, layer_output)
+        return teacher_targets_from_layers(outputs[-(top_k_layers or len(outputs)) :], instance_norm_axis)
 
 
 def teacher_targets_from_layers(layer_outputs, instance_norm_axis: str = "channels") -> torch.Tensor:
-    """Teacher targets of Sec. III-D: every layer's tokens instance-normalised without affine parameters, averaged
-    over the layers, then layer-normalised without affine parameters (float32).
+    """Teacher targets of Sec. III-D (data2vec 2.0 / EAT `make_targets`): every layer's tokens instance-normalised
+    without affine parameters, averaged over the layers, then layer-normalised without affine parameters (float32).
 
     `instance_norm_axis="channels"` normalises each token over its channels (the paper's wording);
-    `"tokens"` normalises each channel over the tokens of a clip (data2vec 2.0's `instance_norm`).
+    `"tokens"` normalises each channel over the tokens of a clip (data2vec 2.0's `instance_norm_target_layer`).
     """
     if instance_norm_axis not in ("channels", "tokens"):
         raise ValueError(f"`instance_norm_axis` must be 'channels' or 'tokens', got {instance_norm_axis!r}.")
@@ -665,22 +698,75 @@ def teacher_targets_from_layers(layer_outputs, instance_norm_axis: str = "channe
     return F.layer_norm(average, average.shape[-1:])
 
 
-def multi_view_info_nce(embeddings: torch.Tensor, num_views: int, temperature: float) -> torch.Tensor:
+class _GatherWithGradient(torch.autograd.Function):
+    """All-gather whose backward sums every process's gradient for this process's rows (the "GatherLayer" of SimCLR
+    / CLIP training code; what `torch.distributed.nn.functional.all_gather`, now deprecated, computes)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        ctx.rank, ctx.rows = torch.distributed.get_rank(), tensor.shape[0]
+        pieces = [torch.empty_like(tensor) for _ in range(torch.distributed.get_world_size())]
+        torch.distributed.all_gather(pieces, tensor.contiguous())
+        return torch.cat(pieces, 0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        torch.distributed.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
+def gather_with_gradient(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """All rows of `tensor` from every process, concatenated in rank order, with gradient flowing back to every
+    process's rows (SimCLR / CLIP gather their negatives so). Returns `(gathered, start)`, `start` being the first
+    row of this process's own rows. Processes may hold different row counts (rows are padded for the collective).
+    Without an initialised process group of more than one process it returns `(tensor, 0)`."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return tensor, 0
+    world = torch.distributed.get_world_size()
+    if world == 1:
+        return tensor, 0
+    count = torch.tensor([tensor.shape[0]], device=tensor.device, dtype=torch.long)
+    counts = [torch.zeros_like(count) for _ in range(world)]
+    torch.distributed.all_gather(counts, count)
+    counts = [int(c) for c in counts]
+    largest = max(counts)
+    padded = F.pad(tensor, (0, 0) * (tensor.ndim - 1) + (0, largest - tensor.shape[0]))
+    pieces = _GatherWithGradient.apply(padded).split(largest, 0)
+    gathered = torch.cat([piece[:n] for piece, n in zip(pieces, counts)], dim=0)
+    return gathered, sum(counts[: torch.distributed.get_rank()])
+
+
+def multi_view_info_nce(
+    embeddings: torch.Tensor,
+    num_views: int,
+    temperature: float,
+    anchor_start: int = 0,
+    num_anchors: int | None = None,
+) -> torch.Tensor:
     """Multi-positive InfoNCE of Eq. (5) over `N = clips * views` L2-normalised embeddings (rows `i * views + v`).
 
     For an anchor `i` and each positive `p` (another view of the same clip) the term is
     `-log(exp(s_ip / t) / (exp(s_ip / t) + sum_{n in other clips} exp(s_in / t)))`: the anchor and the other views
     of its clip are left out of the denominator. Terms are averaged over the positives of an anchor, then over the
     anchors. Zero when there is a single view (no positives) or a single clip (no negatives).
+
+    The anchors are rows `anchor_start .. anchor_start + num_anchors - 1` (default: all) of `embeddings`, every row
+    serving as positive or negative: with embeddings gathered from every process (`gather_with_gradient`) each
+    process scores its own anchors against the global batch, and the mean over processes is the global loss.
     """
     rows = embeddings.shape[0]
-    if num_views < 2 or rows // num_views < 2:
-        return embeddings.new_zeros(()).float()
+    num_anchors = rows - anchor_start if num_anchors is None else num_anchors
+    if num_views < 2 or rows // num_views < 2 or num_anchors == 0:
+        return embeddings.new_zeros(()).float() + 0.0 * embeddings.sum()
     embeddings = embeddings.float()
-    similarity = embeddings @ embeddings.T / temperature
+    anchors = embeddings[anchor_start : anchor_start + num_anchors]
+    similarity = anchors @ embeddings.T / temperature
     clip = torch.arange(rows, device=embeddings.device) // num_views
-    same_clip = clip[:, None] == clip[None, :]
-    positive = same_clip & ~torch.eye(rows, dtype=torch.bool, device=embeddings.device)
+    anchor_clip = clip[anchor_start : anchor_start + num_anchors]
+    same_clip = anchor_clip[:, None] == clip[None, :]
+    anchor_index = torch.arange(anchor_start, anchor_start + num_anchors, device=embeddings.device)
+    positive = same_clip & (anchor_index[:, None] != torch.arange(rows, device=embeddings.device)[None, :])
     negatives = torch.logsumexp(similarity.masked_fill(same_clip, float("-inf")), dim=1, keepdim=True)
     pair_loss = torch.logaddexp(similarity, negatives) - similarity
     per_anchor = (pair_loss * positive).sum(1) / (num_views - 1)
@@ -696,9 +782,11 @@ class AaPEViTForPreTrainingOutput(ModelOutput):
             contrastive_weight * contrastive_loss` (Eq. 6).
         masked_loss (`torch.FloatTensor` of shape `()`): L2 between predictor outputs and teacher targets at the
             queried masked positions.
-        utterance_loss (`torch.FloatTensor` of shape `()`): L2 between the projected student class token and the mean
-            teacher target of the clip.
-        contrastive_loss (`torch.FloatTensor` of shape `()`): multi-view InfoNCE (Eq. 5).
+        utterance_loss (`torch.FloatTensor` of shape `()`): L2 between the student class token (projected when
+            `config.utterance_projection`) and the mean teacher target of the clip, reduced over the rows by
+            `config.utterance_loss_reduction`.
+        contrastive_loss (`torch.FloatTensor` of shape `()`): multi-view InfoNCE (Eq. 5), negatives from the whole
+            global batch with `config.contrastive_negatives="global"`.
         bool_masked_pos (`torch.BoolTensor` of shape `(batch * views, patches)`): the masks used.
         query_positions (`torch.LongTensor` of shape `(batch * views, queries)`): the masked positions queried.
     """
@@ -726,7 +814,10 @@ class AaPEViTForPreTraining(AaPEViTPreTrainedModel):
         self.aape_vit = AaPEViTModel(config)
         self.teacher = AaPEViTTeacher(config)
         self.predictor = AaPEViTPredictor(config)
-        self.utterance_projection = nn.Linear(config.hidden_size, config.hidden_size)
+        # EAT compares the class token itself with the utterance target; the projection is an option (old default).
+        self.utterance_projection = (
+            nn.Linear(config.hidden_size, config.hidden_size) if config.utterance_projection else None
+        )
         self.contrastive_head = AaPEContrastiveHead(config)
         self.post_init()
         self._freeze_fixed_parameters()
@@ -774,7 +865,13 @@ class AaPEViTForPreTraining(AaPEViTPreTrainedModel):
     @torch.no_grad()
     def teacher_targets(self, input_values: torch.Tensor) -> torch.Tensor:
         """Teacher targets `(batch, patches, D)` of the unmasked clips (float32, no gradient)."""
-        return self.teacher(input_values, self.config.teacher_instance_norm_axis)
+        config = self.config
+        return self.teacher(
+            input_values,
+            config.teacher_instance_norm_axis,
+            config.teacher_target_layer_output,
+            config.teacher_average_top_k_layers,
+        )
 
     def forward(
         self,
@@ -809,6 +906,8 @@ class AaPEViTForPreTraining(AaPEViTPreTrainedModel):
                 config.mask_block_size_range,
                 generator,
                 device=input_values.device,
+                mask_prob_adjust=config.mask_prob_adjust,
+                placement=config.mask_block_placement,
             )
         num_views = bool_masked_pos.shape[0] // batch
         _, masked_index = mask_to_indices(bool_masked_pos)
@@ -830,11 +929,20 @@ class AaPEViTForPreTraining(AaPEViTPreTrainedModel):
         query_targets = targets[clip[:, None], query_positions]
         masked_loss = (predictions.float() - query_targets).square().sum(-1).mean() * scale
 
-        utterance = self.utterance_projection(class_token).float()
-        utterance_loss = (utterance - targets.mean(1)[clip]).square().sum(-1).mean() * scale
+        # Utterance loss: the class token against the mean teacher target of its clip (EAT `cls_loss`).
+        utterance = class_token if self.utterance_projection is None else self.utterance_projection(class_token)
+        utterance_errors = (utterance.float() - targets.mean(1)[clip]).square().sum(-1) * scale
+        if config.utterance_loss_reduction == "sum":
+            utterance_loss = utterance_errors.sum()  # EAT's effective weight, see the config field
+        else:
+            utterance_loss = utterance_errors.mean()
 
+        embeddings = self.contrastive_head(visible_tokens.mean(1))
+        anchor_start = 0
+        if config.contrastive_negatives == "global":
+            embeddings, anchor_start = gather_with_gradient(embeddings)
         contrastive_loss = multi_view_info_nce(
-            self.contrastive_head(visible_tokens.mean(1)), num_views, config.contrastive_temperature
+            embeddings, num_views, config.contrastive_temperature, anchor_start, batch * num_views
         )
         loss = (
             masked_loss + config.utterance_loss_weight * utterance_loss + config.contrastive_weight * contrastive_loss

@@ -886,7 +886,11 @@ class SBLU(nn.Module):
         return self.bound_parameters(self.raw_decay, self.raw_frequency)
 
     def forward(
-        self, input_values: torch.Tensor, decay: torch.Tensor | None = None, frequency: torch.Tensor | None = None
+        self,
+        input_values: torch.Tensor,
+        decay: torch.Tensor | None = None,
+        frequency: torch.Tensor | None = None,
+        visible_patches: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """
         Args:
@@ -896,6 +900,11 @@ class SBLU(nn.Module):
             decay, frequency (`torch.Tensor` of shape `(batch, N_f * H, N_t)`, *optional*): bounded decay
                 ``alpha`` and frequency ``omega`` (radians per frame) per channel and time patch; required in
                 adaptive mode, not accepted in non-adaptive mode.
+            visible_patches (`torch.BoolTensor` of shape `(batch, N_f, N_t)`, *optional*): masked pre-training.
+                The input of every masked patch (`False`) is set to 0 before the high-pass, and the GroupNorm
+                statistics of a frequency patch are taken over its visible frames only, so the tokens of visible
+                patches do not depend on the content of masked ones (the high-pass, the kernel and the GroupNorm all
+                reach across patch boundaries). Tokens of masked patches are computed but meaningless.
 
         Returns:
             `torch.Tensor` of shape `(batch, N_f * N_t, output_dim)`: SBLU tokens, token ``f * N_t + t``.
@@ -913,7 +922,20 @@ class SBLU(nn.Module):
             raise ValueError(
                 f"Need at least {self.patch_size[1]} frames (one time patch), got {input_values.shape[-1]}."
             )
-        hidden = self.highpass(input_values[..., : num_time * self.patch_size[1]])
+        input_values = input_values[..., : num_time * self.patch_size[1]]
+        frame_weights = None
+        if visible_patches is not None:
+            expected = (batch, self.num_frequency_patches, num_time)
+            if visible_patches.dtype != torch.bool or tuple(visible_patches.shape) != expected:
+                raise ValueError(
+                    f"`visible_patches` must be a boolean tensor of shape {expected} (batch, N_f, N_t), got "
+                    f"{visible_patches.dtype} {tuple(visible_patches.shape)}."
+                )
+            patch_f, patch_t = self.patch_size
+            visible_bins = visible_patches.repeat_interleave(patch_f, 1).repeat_interleave(patch_t, 2)
+            input_values = torch.where(visible_bins, input_values, torch.zeros((), dtype=input_values.dtype))
+            frame_weights = visible_patches.repeat_interleave(self.frames_per_patch, -1)  # (B, N_f, N_out)
+        hidden = self.highpass(input_values)
         hidden = self.input_map(hidden)
         if self.adaptive:
             expected = (batch, self.num_channels, num_time)
@@ -931,9 +953,23 @@ class SBLU(nn.Module):
             decay, frequency = self.fixed_parameters()
         hidden = sblu_conv(hidden, decay, frequency, self.kernel_size, self.stride, memory_budget=self.memory_budget)
         hidden = self.output_map(hidden.to(self.output_map.weight.dtype))
-        hidden = self.patchify(self.norm(hidden))  # (B, N_f * D_o, N_t)
+        hidden = self.norm(hidden) if frame_weights is None else self._visible_group_norm(hidden, frame_weights)
+        hidden = self.patchify(hidden)  # (B, N_f * D_o, N_t)
         hidden = hidden.view(batch, self.num_frequency_patches, self.output_dim, num_time)
         return hidden.permute(0, 1, 3, 2).reshape(batch, self.num_frequency_patches * num_time, self.output_dim)
+
+    def _visible_group_norm(self, hidden: torch.Tensor, frame_weights: torch.Tensor) -> torch.Tensor:
+        """`self.norm` (one group per frequency patch) with mean and variance over the visible frames only
+        (`frame_weights` `(B, N_f, N_out)`, `True` = visible); equals `self.norm` when every frame is visible. A
+        frequency patch without visible frames gets finite values (its tokens are all masked)."""
+        batch, _, num_out = hidden.shape
+        grouped = hidden.view(batch, self.num_frequency_patches, self.output_dim, num_out)
+        weights = frame_weights[:, :, None, :].to(grouped.dtype)
+        count = (weights.sum(-1, keepdim=True) * self.output_dim).sum(-2, keepdim=True).clamp_min(1.0)
+        mean = (grouped * weights).sum((-2, -1), keepdim=True) / count
+        variance = ((grouped - mean).square() * weights).sum((-2, -1), keepdim=True) / count
+        normed = ((grouped - mean) * torch.rsqrt(variance + self.norm.eps)).view(batch, -1, num_out)
+        return normed * self.norm.weight[:, None] + self.norm.bias[:, None]
 
     def extra_repr(self) -> str:
         return (

@@ -10,8 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from specpatch.configuration_aape_vit import AaPEViTConfig
-from specpatch.masking import mask_to_indices
-from specpatch.modeling_aape_vit import AaPEViTForPreTraining, multi_view_info_nce, teacher_targets_from_layers
+from specpatch.masking import inverse_block_mask, mask_to_indices, sample_masked_subset
+from specpatch.modeling_aape_vit import (
+    AaPEViTForPreTraining,
+    gather_with_gradient,
+    multi_view_info_nce,
+    teacher_targets_from_layers,
+)
 
 
 def tiny(**kwargs) -> AaPEViTConfig:
@@ -101,16 +106,19 @@ def test_teacher_gets_no_gradient_and_every_student_part_does(kind):
     assert missing == []
 
 
-def _slow_targets(model, inputs):
-    """Teacher targets with explicit formulas: per-token normalisation over channels, layer average, normalisation."""
+def _slow_targets(model, inputs, layer_output="ffn", top_k=None):
+    """Teacher targets with explicit formulas: each block run by hand, its feed-forward output before the residual
+    add (or the block output), per-token normalisation over channels, average of the last `top_k`, normalisation."""
     teacher = model.teacher
     hidden, _ = teacher.embeddings(inputs)
     layers = []
     for layer in teacher.encoder.layers:
-        hidden, _ = layer(hidden)
-        layers.append(hidden)
+        hidden = hidden + layer.attention(layer.layernorm_before(hidden))[0]
+        feed_forward = layer.mlp.fc2(F.gelu(layer.mlp.fc1(layer.layernorm_after(hidden))))
+        hidden = hidden + feed_forward
+        layers.append(feed_forward if layer_output == "ffn" else hidden)
     normed = []
-    for output in layers:
+    for output in layers[-(top_k or len(layers)) :]:
         mean = output.mean(-1, keepdim=True)
         variance = ((output - mean) ** 2).mean(-1, keepdim=True)
         normed.append((output - mean) / torch.sqrt(variance + 1e-5))
@@ -119,14 +127,25 @@ def _slow_targets(model, inputs):
     return (average - mean) / torch.sqrt(((average - mean) ** 2).mean(-1, keepdim=True) + 1e-5)
 
 
-def test_teacher_targets_match_a_slow_reference_and_use_no_class_token():
-    model = AaPEViTForPreTraining(tiny(num_hidden_layers=3)).eval()
+@pytest.mark.parametrize(
+    "fields",
+    [{}, {"teacher_average_top_k_layers": 2}, {"teacher_target_layer_output": "block"}],
+)
+def test_teacher_targets_match_a_slow_reference_and_use_no_class_token(fields):
+    model = AaPEViTForPreTraining(tiny(num_hidden_layers=3, **fields)).eval()
+    with torch.no_grad():  # a teacher that differs from the identity-like initial blocks
+        for parameter in model.teacher.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
     inputs = torch.randn(2, 64, 32)
     with torch.no_grad():
         targets = model.teacher_targets(inputs)
-        expected = _slow_targets(model, inputs)
+        expected = _slow_targets(
+            model, inputs, model.config.teacher_target_layer_output, model.config.teacher_average_top_k_layers
+        )
+        other = _slow_targets(model, inputs, "block" if model.config.teacher_target_layer_output == "ffn" else "ffn")
     assert targets.shape == (2, 32, 32)  # one target per patch, no class token
-    torch.testing.assert_close(targets, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(targets, expected, rtol=1e-4, atol=1e-4)
+    assert (targets - other).abs().max() > 0.1  # the reference tells the two kinds apart
     # "tokens": each channel normalised over the tokens of a clip (data2vec 2.0's instance_norm)
     layers = [torch.randn(2, 5, 8) * 3 + 1 for _ in range(2)]
     by_tokens = teacher_targets_from_layers(layers, "tokens")
@@ -134,6 +153,55 @@ def test_teacher_targets_match_a_slow_reference_and_use_no_class_token():
         (y - y.mean(1, keepdim=True)) / torch.sqrt(y.var(1, unbiased=False, keepdim=True) + 1e-5) for y in layers
     ]
     torch.testing.assert_close(by_tokens, F.layer_norm(sum(normed) / 2, (8,)), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kind, masked_sblu_input, leaks",
+    [
+        ("standard", "visible", False),
+        ("aape_nonadaptive", "visible", False),
+        ("aape", "visible", False),
+        ("aape_nonadaptive", "full", True),
+        ("aape", "full", True),
+    ],
+)
+def test_masked_content_never_reaches_the_visible_tokens_of_a_view(kind, masked_sblu_input, leaks):
+    """Changing only the patches a view masks leaves every visible student token of that view bit-identical (the
+    SBLU's high-pass, kernel and GroupNorm reach across patches: `masked_sblu_input="full"` leaks, as a check that
+    the test can fail)."""
+    config = tiny(patch_embedding_type=kind, masked_sblu_input=masked_sblu_input, num_views=2)
+    model = AaPEViTForPreTraining(config).eval()
+    inputs = torch.randn(2, 70, 32)  # 6 frames beyond the last whole patch
+    mask = inverse_block_mask(2, (4, 8), 0.75, 2, (2, 2), generator=torch.Generator().manual_seed(3))
+    changed = inputs.clone()
+    masked_bins = mask[0].view(4, 8).repeat_interleave(8, 0).repeat_interleave(8, 1).T  # (frames, mel) of clip 0
+    changed[0, :64][masked_bins] = 5 * torch.randn(int(masked_bins.sum()))
+    with torch.no_grad():
+        before = model.aape_vit(inputs, bool_masked_pos=mask).last_hidden_state
+        after = model.aape_vit(changed, bool_masked_pos=mask).last_hidden_state
+    assert torch.equal(before[2:], after[2:])  # the other clip
+    assert not torch.equal(before[1], after[1])  # view 1 of clip 0 sees some of the changed patches
+    assert torch.equal(before[0], after[0]) != leaks
+
+
+def test_utterance_loss_uses_the_class_token_and_eat_scaling_is_selectable():
+    inputs = torch.randn(3, 64, 32)
+    model = AaPEViTForPreTraining(tiny()).eval()
+    assert model.utterance_projection is None  # EAT / Sec. III-D: no projection by default
+    mask = inverse_block_mask(3, (4, 8), 0.8, 4, (2, 3), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        output = model(inputs, bool_masked_pos=mask, generator=torch.Generator().manual_seed(0))
+        class_token = model.aape_vit(inputs, bool_masked_pos=mask).last_hidden_state[:, 0]
+        target = model.teacher_targets(inputs).mean(1).repeat_interleave(4, 0)
+    expected = (class_token - target).square().sum(-1) / math.sqrt(32)
+    torch.testing.assert_close(output.utterance_loss, expected.mean())
+    model.config.utterance_loss_reduction = "sum"  # EAT: summed over the rows of the micro-batch
+    with torch.no_grad():
+        summed = model(inputs, bool_masked_pos=mask, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(summed.utterance_loss, expected.sum())
+    torch.testing.assert_close(summed.masked_loss, output.masked_loss)
+    projected = AaPEViTForPreTraining(tiny(utterance_projection=True))
+    assert isinstance(projected.utterance_projection, torch.nn.Linear)
 
 
 def _slow_info_nce(embeddings, num_views, temperature):
@@ -249,3 +317,64 @@ def test_tiny_model_pretrains_with_every_loss_decreasing(one_thread):
     assert last[3] < 0.85 * first[3] and history[0, 3] == pytest.approx(math.log(29), rel=0.1), (first, last)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert elapsed < 60, f"{steps} pre-training steps took {elapsed:.1f} s"
+
+
+def _contrastive_worker(rank: int, world: int, init_file: str, result_dir: str) -> None:
+    """One process of the 2-process test: its half of the global batch, negatives gathered from both."""
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        inputs, mask, queries, state = torch.load(f"{result_dir}/global.pt")
+        model = AaPEViTForPreTraining(tiny())
+        model.load_state_dict(state)
+        rows = mask.shape[0] // world
+        clips = inputs.shape[0] // world
+        output = model(
+            inputs[rank * clips : (rank + 1) * clips],
+            bool_masked_pos=mask[rank * rows : (rank + 1) * rows],
+            query_positions=queries[rank * rows : (rank + 1) * rows],
+        )
+        output.contrastive_loss.backward()
+        grads = {name: p.grad.clone() for name, p in model.contrastive_head.named_parameters()}
+        # unequal row counts: rank r holds r + 1 rows of value r; every row comes back, gradients to their owner
+        rows = torch.full((rank + 1, 3), float(rank), requires_grad=True)
+        gathered, start = gather_with_gradient(rows)
+        (gathered * torch.arange(1.0, 4.0)[:, None]).sum().backward()
+        torch.save((output.contrastive_loss.detach(), grads, gathered.detach(), start, rows.grad), f"{result_dir}/rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_contrastive_negatives_come_from_the_whole_global_batch(tmp_path):
+    """2 gloo processes with 2 clips each: the mean of their contrastive losses and of their gradients (what DDP
+    averages) equal the single-process loss and gradient on the same 4-clip batch; with local negatives they do
+    not."""
+    torch.manual_seed(0)
+    model = AaPEViTForPreTraining(tiny())
+    inputs = torch.randn(4, 64, 32)
+    mask = inverse_block_mask(4, (4, 8), 0.8, 4, (2, 3), generator=torch.Generator().manual_seed(1))
+    queries = sample_masked_subset(mask_to_indices(mask)[1], 0.75, torch.Generator().manual_seed(2))
+    torch.save((inputs, mask, queries, model.state_dict()), tmp_path / "global.pt")
+    # fork: the children inherit the imported modules (spawn would re-import torch and transformers in each)
+    torch.multiprocessing.start_processes(
+        _contrastive_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, start_method="fork"
+    )
+    results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+    output = model(inputs, bool_masked_pos=mask, query_positions=queries)
+    output.contrastive_loss.backward()
+    for rank, (_, _, gathered, start, grad) in enumerate(results):
+        assert torch.equal(gathered, torch.tensor([[0.0] * 3, [1.0] * 3, [1.0] * 3])) and start == rank
+        # d/d(own rows) of the sum over both processes of sum_i (i + 1) * gathered_i
+        assert torch.equal(grad, 2 * torch.arange(1.0, 4.0)[start : start + rank + 1, None].expand(-1, 3))
+    distributed = (results[0][0] + results[1][0]) / 2
+    torch.testing.assert_close(distributed, output.contrastive_loss.detach(), rtol=1e-5, atol=1e-6)
+    for name, parameter in model.contrastive_head.named_parameters():
+        averaged = (results[0][1][name] + results[1][1][name]) / 2
+        torch.testing.assert_close(averaged, parameter.grad, rtol=1e-5, atol=1e-5, msg=name)
+    # local negatives (one process's 2 clips) give a different, smaller loss: fewer negatives
+    local = [
+        model(inputs[2 * r : 2 * r + 2], bool_masked_pos=mask[8 * r : 8 * r + 8], query_positions=queries[8 * r : 8 * r + 8])
+        for r in range(2)
+    ]
+    local_mean = (local[0].contrastive_loss + local[1].contrastive_loss).detach() / 2
+    assert local_mean < distributed - 0.1

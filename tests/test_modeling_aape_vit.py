@@ -19,6 +19,7 @@ from specpatch.modeling_aape_vit import (
     AaPEViTModel,
     sincos_position_embeddings_2d,
 )
+from specpatch.sblu import sblu_conv
 
 PATCH_EMBEDDING_TYPES = ["standard", "aape_nonadaptive", "aape"]
 
@@ -63,6 +64,13 @@ def test_patch_embedding_parameter_counts_match_the_paper():
         ({"mask_ratio": 1.0}, "mask_ratio"),
         ({"mask_block_size_range": [4, 2]}, "mask_block_size_range"),
         ({"ema_momentum_start": 0.999, "ema_momentum_end": 0.99}, "EMA"),
+        ({"mask_block_placement": "corner"}, "mask_block_placement"),
+        ({"mask_prob_adjust": -0.1}, "mask_prob_adjust"),
+        ({"teacher_target_layer_output": "attention"}, "teacher_target_layer_output"),
+        ({"teacher_average_top_k_layers": 13}, "teacher_average_top_k_layers"),
+        ({"masked_sblu_input": "zeros"}, "masked_sblu_input"),
+        ({"utterance_loss_reduction": "max"}, "utterance_loss_reduction"),
+        ({"contrastive_negatives": "all"}, "contrastive_negatives"),
     ],
 )
 def test_invalid_configs_raise(fields, message):
@@ -99,7 +107,8 @@ def test_shapes_of_every_patch_embedding_type(kind):
 
 @pytest.mark.parametrize("kind", ["standard", "aape_nonadaptive"])
 def test_dropping_tokens_keeps_the_visible_embeddings_of_non_adaptive_stems(kind):
-    embeddings = AaPEViTModel(tiny(patch_embedding_type=kind)).embeddings.eval()
+    # "full": the SBLU sees the whole spectrogram, so dropping tokens is the only difference
+    embeddings = AaPEViTModel(tiny(patch_embedding_type=kind, masked_sblu_input="full")).embeddings.eval()
     inputs = torch.randn(2, 64, 128)
     mask = inverse_block_mask(2, (8, 4), 0.75, 3, (2, 3), generator=torch.Generator().manual_seed(1))
     visible, _ = mask_to_indices(mask)
@@ -111,10 +120,12 @@ def test_dropping_tokens_keeps_the_visible_embeddings_of_non_adaptive_stems(kind
     torch.testing.assert_close(dropped, expected)
 
 
-def test_adaptive_embeddings_of_a_masked_input_match_an_explicit_reference():
+@pytest.mark.parametrize("masked_sblu_input", ["full", "visible"])
+def test_adaptive_embeddings_of_a_masked_input_match_an_explicit_reference(masked_sblu_input):
     """With a mask the Lambda encoder sees the visible tokens only, masked positions get neutral (zero) raw kernel
-    parameters, and the SBLU still runs on the whole spectrogram; the visible tokens are then fused."""
-    embeddings = AaPEViTModel(tiny()).embeddings.eval()
+    parameters, and the SBLU runs on the whole spectrogram ("full") or on the visible patches only ("visible":
+    masked patches zeroed, GroupNorm statistics over visible frames); the visible tokens are then fused."""
+    embeddings = AaPEViTModel(tiny(masked_sblu_input=masked_sblu_input)).embeddings.eval()
     inputs = torch.randn(2, 64, 128)
     mask = inverse_block_mask(2, (8, 4), 0.75, 1, (2, 3), generator=torch.Generator().manual_seed(2))
     visible, _ = mask_to_indices(mask)
@@ -125,7 +136,10 @@ def test_adaptive_embeddings_of_a_masked_input_match_an_explicit_reference():
         take = lambda x: torch.stack([x[r][visible[r]] for r in range(2)])  # noqa: E731
         raw = torch.randn(2, 32, 8) * 3
         raw[torch.arange(2)[:, None], visible] = embeddings.lambda_encoder(take(standard + position))
-        sblu_tokens = embeddings.sblu(inputs.transpose(1, 2), *embeddings.sblu.parameters_from_tokens(raw))
+        if masked_sblu_input == "full":
+            sblu_tokens = embeddings.sblu(inputs.transpose(1, 2), *embeddings.sblu.parameters_from_tokens(raw))
+        else:
+            sblu_tokens = _visible_sblu_reference(embeddings.sblu, inputs.transpose(1, 2), raw, ~mask.view(2, 8, 4))
         expected = embeddings.fusion(take(standard), take(sblu_tokens)) + take(position)
     torch.testing.assert_close(result[:, 1:], expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(result[:, 0], embeddings.cls_token[0].expand(2, -1))  # the class token comes first
@@ -137,6 +151,39 @@ def test_adaptive_embeddings_of_a_masked_input_match_an_explicit_reference():
         embeddings(inputs, mask)
     hook.remove()
     assert lambda_inputs[0].shape == (2, 8, 32)
+
+
+def _visible_sblu_reference(sblu, spectrogram, raw, visible):
+    """The SBLU of one masked view written out: masked patches zeroed, the SBLU's own stages, and a GroupNorm whose
+    statistics come from the visible frames of each frequency patch, clip by clip and patch by patch."""
+    patch_f, patch_t = sblu.patch_size
+    bins = visible.repeat_interleave(patch_f, 1).repeat_interleave(patch_t, 2)
+    spectrogram = spectrogram[..., : visible.shape[2] * patch_t] * bins
+    decay, frequency = sblu.parameters_from_tokens(raw)
+    hidden = sblu.input_map(sblu.highpass(spectrogram))
+    hidden = sblu_conv(
+        hidden,
+        decay.repeat_interleave(sblu.frames_per_patch, -1),
+        frequency.repeat_interleave(sblu.frames_per_patch, -1),
+        sblu.kernel_size,
+        sblu.stride,
+    )
+    hidden = sblu.output_map(hidden)
+    normed = torch.empty_like(hidden)
+    width = sblu.output_dim
+    for b in range(hidden.shape[0]):
+        for f in range(sblu.num_frequency_patches):
+            group = hidden[b, f * width : (f + 1) * width]
+            frames = visible[b, f].repeat_interleave(sblu.frames_per_patch)
+            if not frames.any():  # every token of this frequency patch is masked (and dropped)
+                normed[b, f * width : (f + 1) * width] = 0.0
+                continue
+            values = group[:, frames].double()
+            mean, variance = values.mean(), values.var(unbiased=False)
+            normed[b, f * width : (f + 1) * width] = ((group.double() - mean) / torch.sqrt(variance + 1e-5)).float()
+    normed = normed * sblu.norm.weight[:, None] + sblu.norm.bias[:, None]
+    tokens = sblu.patchify(normed).view(hidden.shape[0], sblu.num_frequency_patches, width, -1)
+    return tokens.permute(0, 1, 3, 2).reshape(hidden.shape[0], -1, width)
 
 
 def test_custom_initialisation_reaches_parameterless_submodules():
