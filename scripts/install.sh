@@ -4,12 +4,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# FFmpeg's shared libraries, which torchcodec (the audio decoder of `datasets`) loads at run time.
-if ! ldconfig -p 2>/dev/null | grep -q libavcodec; then
+# Debian packages: FFmpeg's shared libraries, which torchcodec (the audio decoder of `datasets`) loads at run time,
+# and espeak-ng, which synthesises the spoken-keyword task of the learning benchmarks (benchmarks/keyword_task.py).
+missing=()
+ldconfig -p 2>/dev/null | grep -q libavcodec || missing+=(ffmpeg)
+command -v espeak-ng >/dev/null || missing+=(espeak-ng)
+if [ ${#missing[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
-        echo "warning: FFmpeg libraries not found; install ffmpeg to decode audio through datasets/torchcodec" >&2
+        echo "warning: missing ${missing[*]}: install them (FFmpeg decodes audio through datasets/torchcodec;" \
+             "espeak-ng is needed by the learning benchmarks)" >&2
     fi
 fi
 
