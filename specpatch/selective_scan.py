@@ -42,6 +42,11 @@ import torch.nn.functional as F
 # tiles mean fewer kernel launches.
 _MAX_TILE_ELEMENTS = {"cpu": 2**21, "cuda": 2**26}
 _DEFAULT_CHUNK_SIZE = {"cpu": 64, "cuda": 128}
+# From this many elements per time step of a tile (batch x d_state x channels), the recurrence inside a chunk runs
+# as a plain loop over time steps (one fused multiply-add per step, each on a cache-resident slice) instead of the
+# parallel scan: on CPU the parallel scan's extra passes and strided accesses cost more than the per-step call
+# overhead once a step holds this much work (training batches). GPUs always use the parallel scan.
+_SEQUENTIAL_MIN_STEP_ELEMENTS = {"cpu": 2**14}
 _LOG2_E = 1.4426950408889634
 
 
@@ -304,20 +309,18 @@ class _Operand:
 
     def contract(self, tile: torch.Tensor, states: torch.Tensor, scratch: torch.Tensor, out: torch.Tensor) -> None:
         """`out[b, t, d] = sum_n tile[., t, n, d] * states[b, t, n, d]` (`scratch` has the shape of `states`)."""
-        if self.kind == 3:  # a batched vector-matrix product
-            torch.matmul(tile.transpose(2, 3), states, out=out[:, :, None])
-        else:
-            torch.mul(states, tile, out=scratch)
-            torch.sum(scratch, dim=2, out=out)
+        # (a batched matmul would be one (1 x n) @ (n x channels) product per batch element and time step: CPU
+        # matmul runs those one by one, far slower than this elementwise product and reduction)
+        torch.mul(states, tile, out=scratch)
+        torch.sum(scratch, dim=2, out=out)
 
     def accumulate(self, grad, adjoint, weights, scratch, t0: int, t1: int, d0: int, d1: int) -> None:
         """`grad += d/dM sum(adjoint * tile * weights)` for a tile-shaped `adjoint` and `(batch, chunk, channels)`
         `weights`: sums over the channels (and over batch and time for a time-invariant operand)."""
-        if self.kind == 3:
-            grad[:, t0:t1] += torch.matmul(adjoint, weights[..., None])[..., 0]
-            return
         torch.mul(adjoint, weights[:, :, None], out=scratch)
-        if self.kind == 2:
+        if self.kind == 3:
+            grad[:, t0:t1] += scratch.sum(3)
+        elif self.kind == 2:
             grad[:, d0:d1] += scratch.sum((0, 1))
         else:
             grad[:, t0:t1].index_add_(3, self.group_of_channel[d0:d1], scratch)
@@ -365,13 +368,32 @@ def _linear_scan_(a: torch.Tensor, x: torch.Tensor, reverse: bool = False) -> No
 
 
 def _plan(batch: int, length: int, dim: int, d_state: int, chunk_size: int, device: torch.device):
-    """Chunk length, channels per block, and the chunk / channel-block boundaries."""
-    chunk = max(1, min(chunk_size, length))
+    """Chunk length, channels per block, the chunk / channel-block boundaries, and whether the recurrence inside
+    a chunk runs step by step (`sequential`; then the tile keeps all channels if it can and the chunk shrinks to fit
+    the budget, since a step-by-step chunk gains nothing from length) or as a parallel scan."""
     budget = _MAX_TILE_ELEMENTS.get(device.type, 2**24)
-    channels = max(1, min(dim, budget // max(1, batch * chunk * d_state)))
+    sequential = batch * d_state * dim >= _SEQUENTIAL_MIN_STEP_ELEMENTS.get(device.type, float("inf"))
+    if sequential:
+        channels = max(1, min(dim, budget // max(1, batch * d_state)))
+        chunk = max(1, min(chunk_size, length, budget // max(1, batch * d_state * channels)))
+    else:
+        chunk = max(1, min(chunk_size, length))
+        channels = max(1, min(dim, budget // max(1, batch * chunk * d_state)))
     chunks = [(t0, min(length, t0 + chunk)) for t0 in range(0, length, chunk)]
     blocks = [(d0, min(dim, d0 + channels)) for d0 in range(0, dim, channels)]
-    return chunk, channels, chunks, blocks
+    return chunk, channels, chunks, blocks, sequential
+
+
+def _sequential_scan_(a: torch.Tensor, x: torch.Tensor) -> None:
+    """In place along dim 1: `x_t += a_t * x_{t-1}` for t = 1, 2, ... (`a` is left unchanged)."""
+    for t in range(1, x.shape[1]):
+        x[:, t].addcmul_(a[:, t], x[:, t - 1])
+
+
+def _sequential_reverse_scan_(a: torch.Tensor, x: torch.Tensor) -> None:
+    """In place along dim 1, backwards in time: `x_t += a_{t+1} * x_{t+1}` (`a` is left unchanged)."""
+    for t in range(x.shape[1] - 2, -1, -1):
+        x[:, t].addcmul_(a[:, t + 1], x[:, t + 1])
 
 
 class _SelectiveScanFunction(torch.autograd.Function):
@@ -382,17 +404,18 @@ class _SelectiveScanFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, chunk_size):
-        ctx.save_for_backward(u, delta, A, B, C)
-        ctx.chunk_size = chunk_size
         with torch.no_grad():
-            return _scan_forward(u, delta, A, B, C, chunk_size)
+            y, last_state, starts = _scan_forward(u, delta, A, B, C, chunk_size, any(ctx.needs_input_grad))
+        ctx.save_for_backward(u, delta, A, B, C, starts)
+        ctx.chunk_size = chunk_size
+        return y, last_state
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y, grad_last_state):
-        u, delta, A, B, C = ctx.saved_tensors
+        u, delta, A, B, C, starts = ctx.saved_tensors
         with torch.autocast(device_type=u.device.type, enabled=False):
-            grads = _scan_backward(u, delta, A, B, C, grad_y, grad_last_state, ctx.chunk_size)
+            grads = _scan_backward(u, delta, A, B, C, starts, grad_y, grad_last_state, ctx.chunk_size)
         needs = ctx.needs_input_grad
         return tuple(g if needs[i] else None for i, g in enumerate(grads)) + (None,)
 
@@ -404,20 +427,26 @@ def _discretised_decay(delta_chunk, A2_block, out):
     out.exp2_()
 
 
-def _chunk_states(delta, delta_u, A2_block, B_tile, carry, t0, t1, d0, d1, decay, states):
+def _chunk_states(delta, delta_u, A2_block, B_tile, carry, t0, t1, d0, d1, decay, states, sequential):
     """Fills `decay` with `exp(delta_t A)` and solves the states of one chunk and channel block into `states`
-    (both `(batch, chunk, n, channels)` views), starting from `carry`, the state before `t0`. The scan overwrites
-    `decay` with partial products."""
+    (both `(batch, chunk, n, channels)` views), starting from `carry`, the state before `t0`. The parallel scan
+    overwrites `decay` with partial products; the sequential one keeps it."""
     _discretised_decay(delta[:, t0:t1, d0:d1], A2_block, decay)
     torch.mul(delta_u[:, t0:t1, None, d0:d1], B_tile, out=states)  # delta_t * B_t * u_t
     states[:, 0].addcmul_(decay[:, 0], carry)  # fold the carried state into the first step
-    _linear_scan_(decay, states)
+    if sequential:
+        _sequential_scan_(decay, states)
+    else:
+        _linear_scan_(decay, states)
 
 
-def _scan_forward(u, delta, A, B, C, chunk_size):
+def _scan_forward(u, delta, A, B, C, chunk_size, save_starts=False):
+    """`y`, the last state, and (with `save_starts`, for the backward pass) the state before every chunk,
+    `(chunks, batch, n, dim)` (an empty tensor otherwise)."""
     batch, length, dim = u.shape
     d_state = A.shape[0]
-    chunk, channels, chunks, blocks = _plan(batch, length, dim, d_state, chunk_size, u.device)
+    chunk, channels, chunks, blocks, sequential = _plan(batch, length, dim, d_state, chunk_size, u.device)
+    starts = u.new_zeros(len(chunks) if save_starts else 0, batch, d_state, dim)
     B_op, C_op = _Operand(B, dim), _Operand(C, dim)
     y = u.new_empty(batch, length, dim)
     last_state = u.new_empty(batch, d_state, dim)
@@ -426,31 +455,33 @@ def _scan_forward(u, delta, A, B, C, chunk_size):
     A2 = A * _LOG2_E
     for d0, d1 in blocks:
         carry = u.new_zeros(batch, d_state, d1 - d0)
-        for t0, t1 in chunks:
+        for index, (t0, t1) in enumerate(chunks):
             rows, cols = t1 - t0, d1 - d0
+            if save_starts and index > 0:
+                starts[index, :, :, d0:d1] = carry
             states = state_buffer[:, :rows, :, :cols]
             _chunk_states(
                 delta, delta_u, A2[:, d0:d1], B_op.tile(t0, t1, d0, d1), carry, t0, t1, d0, d1,
-                decay_buffer[:, :rows, :, :cols], states,
+                decay_buffer[:, :rows, :, :cols], states, sequential,
             )  # fmt: skip
             carry = states[:, -1].clone()  # the buffers are overwritten by the next chunk
             C_op.contract(C_op.tile(t0, t1, d0, d1), states, scratch_buffer[:, :rows, :, :cols], y[:, t0:t1, d0:d1])
         last_state[:, :, d0:d1] = carry
-    return y, last_state
+    return y, last_state, starts
 
 
-def _scan_backward(u, delta, A, B, C, grad_y, grad_last_state, chunk_size):
+def _scan_backward(u, delta, A, B, C, starts, grad_y, grad_last_state, chunk_size):
     """Gradients of `_SelectiveScanFunction` w.r.t. `(u, delta, A, B, C)`.
 
     With `G_t = dL/dh_t` (total), the adjoint recurrence runs backwards in time,
     `G_t = C_t gy_t + exp(delta_{t+1} A) G_{t+1}`, and is solved with the same chunked scan in reverse. Per chunk
-    the forward states are recomputed from the chunk-start states of a first forward sweep. Then, with
+    the forward states are recomputed from the chunk-start states saved by the forward pass (`starts`). Then, with
     `a_t = exp(delta_t A)` and `h_{t-1}` the previous state,
     `dL/d(delta_t A) = G_t a_t h_{t-1}`, `dL/d(delta_t u_t B_t) = G_t`, `dL/dC_t = gy_t h_t`.
     """
     batch, length, dim = u.shape
     d_state = A.shape[0]
-    chunk, channels, chunks, blocks = _plan(batch, length, dim, d_state, chunk_size, u.device)
+    chunk, channels, chunks, blocks, sequential = _plan(batch, length, dim, d_state, chunk_size, u.device)
     B_op, C_op = _Operand(B, dim), _Operand(C, dim)
     grad_y = grad_y.contiguous() if grad_y is not None else torch.zeros_like(u)
     grad_u, grad_delta = torch.empty_like(u), torch.empty_like(delta)
@@ -462,23 +493,14 @@ def _scan_backward(u, delta, A, B, C, grad_y, grad_last_state, chunk_size):
     for d0, d1 in blocks:
         cols = d1 - d0
         A_block, A2_block = A[:, d0:d1], A2[:, d0:d1]
-        # 1. chunk-start states
-        carry = u.new_zeros(batch, d_state, cols)
-        chunk_start_states = []
-        for t0, t1 in chunks:
-            chunk_start_states.append(carry)
-            states = state_buffer[:, : t1 - t0, :, :cols]
-            _chunk_states(
-                delta, delta_u, A2_block, B_op.tile(t0, t1, d0, d1), carry, t0, t1, d0, d1,
-                work_buffer[:, : t1 - t0, :, :cols], states,
-            )  # fmt: skip
-            carry = states[:, -1].clone()
-        # 2. reverse sweep over chunks
+        chunk_start_states = starts[:, :, :, d0:d1]
+        # reverse sweep over chunks
         if grad_last_state is not None:
             adjoint_carry = grad_last_state[:, :, d0:d1].to(u.dtype)
         else:
             adjoint_carry = u.new_zeros(batch, d_state, cols)
-        for (t0, t1), start in zip(reversed(chunks), reversed(chunk_start_states)):
+        for index in reversed(range(len(chunks))):
+            (t0, t1), start = chunks[index], chunk_start_states[index]
             rows = t1 - t0
             views = [buffer[:, :rows, :, :cols] for buffer in buffers]
             decay, work, states, adjoint, scratch = views
@@ -486,16 +508,22 @@ def _scan_backward(u, delta, A, B, C, grad_y, grad_last_state, chunk_size):
             B_tile, C_tile = B_op.tile(t0, t1, d0, d1), C_op.tile(t0, t1, d0, d1)
             # the decays a_t (kept) and the recomputed states
             _discretised_decay(delta_chunk, A2_block, decay)
-            work.copy_(decay)
             torch.mul(delta_u[:, t0:t1, None, d0:d1], B_tile, out=states)
             states[:, 0].addcmul_(decay[:, 0], start)
-            _linear_scan_(work, states)
+            if sequential:
+                _sequential_scan_(decay, states)
+            else:
+                work.copy_(decay)
+                _linear_scan_(work, states)
             # adjoint: G_t = C_t gy_t + a_{t+1} G_{t+1}; the last row also receives the carried adjoint
             torch.mul(gy_chunk[:, :, None], C_tile, out=adjoint)
             adjoint[:, -1] += adjoint_carry
-            work[:, : rows - 1] = decay[:, 1:]  # a_{t+1}
-            work[:, rows - 1] = 1.0
-            _linear_scan_(work, adjoint, reverse=True)
+            if sequential:
+                _sequential_reverse_scan_(decay, adjoint)
+            else:
+                work[:, : rows - 1] = decay[:, 1:]  # a_{t+1}
+                work[:, rows - 1] = 1.0
+                _linear_scan_(work, adjoint, reverse=True)
             adjoint_carry = decay[:, 0] * adjoint[:, 0]  # dL/d(state before the chunk)
             # dL/d(delta_t A) = G_t a_t h_{t-1}
             log_decay_grad = work

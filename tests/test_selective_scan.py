@@ -48,6 +48,15 @@ def make_inputs(kind_B="variable", kind_C="variable", dtype=torch.float64, lengt
     }
 
 
+@pytest.fixture(params=["parallel", "sequential"])
+def scan_mode(request, monkeypatch):
+    """Runs a test with the in-chunk recurrence as a parallel scan and as a step-by-step loop (the CPU choice for
+    large steps), whatever the sizes."""
+    threshold = 0 if request.param == "sequential" else float("inf")
+    monkeypatch.setitem(ss._SEQUENTIAL_MIN_STEP_ELEMENTS, "cpu", threshold)
+    return request.param
+
+
 def run(function, inputs, **kwargs):
     return function(**inputs, delta_softplus=True, return_last_state=True, **kwargs)
 
@@ -55,7 +64,7 @@ def run(function, inputs, **kwargs):
 @pytest.mark.parametrize("kind_B, kind_C", [("variable", "variable"), ("constant", "constant"), ("grouped", "grouped"),
                                             ("variable", "constant"), ("grouped", "variable")])  # fmt: skip
 @pytest.mark.parametrize("chunk_size", [1, 4, 7, 16, None])
-def test_matches_sequential_reference(kind_B, kind_C, chunk_size):
+def test_matches_sequential_reference(kind_B, kind_C, chunk_size, scan_mode):
     inputs = make_inputs(kind_B, kind_C)
     out, last = run(selective_scan_torch, inputs, chunk_size=chunk_size)
     expected, expected_last = run(selective_scan_reference, inputs)
@@ -75,7 +84,7 @@ def test_without_optional_arguments():
 
 @pytest.mark.parametrize("kind_B, kind_C", [("variable", "variable"), ("constant", "grouped")])
 @pytest.mark.parametrize("chunk_size", [5, 16])
-def test_gradients_match_reference_autograd(kind_B, kind_C, chunk_size):
+def test_gradients_match_reference_autograd(kind_B, kind_C, chunk_size, scan_mode):
     inputs = {name: t.requires_grad_() for name, t in make_inputs(kind_B, kind_C).items()}
     out, last = run(selective_scan_torch, inputs, chunk_size=chunk_size)
     expected, expected_last = run(selective_scan_reference, inputs)
@@ -91,7 +100,7 @@ def test_gradients_match_reference_autograd(kind_B, kind_C, chunk_size):
         torch.testing.assert_close(grad, expected_grad, rtol=1e-9, atol=1e-9, msg=f"gradient of {name}")
 
 
-def test_gradcheck_small():
+def test_gradcheck_small(scan_mode):
     inputs = make_inputs(length=9, dim=3)
     names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
     tensors = tuple(inputs[name].requires_grad_() for name in names)
@@ -145,13 +154,16 @@ def test_bfloat16_autocast_is_finite_and_close():
     torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=2e-2)
 
 
-def test_long_sequence_and_channel_blocks(monkeypatch):
+def test_long_sequence_and_channel_blocks(monkeypatch, scan_mode):
     """A long sequence, and a tile budget small enough that channels are split into blocks, give the reference."""
-    inputs = make_inputs(length=1500, dim=8, dtype=torch.float32)
+    # the sequential mode keeps all channels in a tile while it can: a budget below one step's worth splits them
+    sequential = scan_mode == "sequential"
+    length, budget_steps, num_chunks = (150, 1, 150) if sequential else (1500, 64, 24)
+    inputs = make_inputs(length=length, dim=8, dtype=torch.float32)
     expected, expected_last = run(selective_scan_reference, inputs)
-    monkeypatch.setitem(ss._MAX_TILE_ELEMENTS, "cpu", BATCH * 64 * D_STATE * 3)  # 3 channels per block
-    _, channels, chunks, blocks = ss._plan(BATCH, 1500, 8, D_STATE, 64, torch.device("cpu"))
-    assert channels == 3 and len(blocks) == 3 and len(chunks) == 24
+    monkeypatch.setitem(ss._MAX_TILE_ELEMENTS, "cpu", BATCH * budget_steps * D_STATE * 3)  # 3 channels per block
+    _, channels, chunks, blocks, mode = ss._plan(BATCH, length, 8, D_STATE, 64, torch.device("cpu"))
+    assert channels == 3 and len(blocks) == 3 and len(chunks) == num_chunks and mode == sequential
     inputs = {name: t.requires_grad_() for name, t in inputs.items()}
     out, last = run(selective_scan_torch, inputs, chunk_size=64)
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
@@ -164,7 +176,7 @@ def test_memory_is_bounded_for_vit_b_inference_sizes():
     """The AudioSet FFTP-991 case at ViT-B width (batch 32, d_inner 1536, 992 tokens): no tensor with a d_state
     axis is larger than the tile budget (a full (b, l, d, n) tensor would be 3.1 GB)."""
     for device in ("cpu", "cuda"):
-        chunk, channels, _, _ = ss._plan(32, 992, 1536, 16, ss._DEFAULT_CHUNK_SIZE[device], torch.device(device))
+        chunk, channels, _, _, _ = ss._plan(32, 992, 1536, 16, ss._DEFAULT_CHUNK_SIZE[device], torch.device(device))
         assert 32 * chunk * channels * 16 <= ss._MAX_TILE_ELEMENTS[device] < 32 * 992 * 1536 * 16
 
 
