@@ -47,6 +47,9 @@ _DEFAULT_CHUNK_SIZE = {"cpu": 64, "cuda": 128}
 # parallel scan: on CPU the parallel scan's extra passes and strided accesses cost more than the per-step call
 # overhead once a step holds this much work (training batches). GPUs always use the parallel scan.
 _SEQUENTIAL_MIN_STEP_ELEMENTS = {"cpu": 2**14}
+# Tile budget of the step-by-step mode: a couple of time steps per tile, so a tile stays in the L2 cache (measured
+# on a 2-core EPYC, batch 64 x 192 channels x 16 states: 2**19 is 1.5x faster than 2**21 and 2.4x than 2**22).
+_SEQUENTIAL_TILE_ELEMENTS = {"cpu": 2**19}
 _LOG2_E = 1.4426950408889634
 
 
@@ -374,6 +377,7 @@ def _plan(batch: int, length: int, dim: int, d_state: int, chunk_size: int, devi
     budget = _MAX_TILE_ELEMENTS.get(device.type, 2**24)
     sequential = batch * d_state * dim >= _SEQUENTIAL_MIN_STEP_ELEMENTS.get(device.type, float("inf"))
     if sequential:
+        budget = min(budget, _SEQUENTIAL_TILE_ELEMENTS.get(device.type, budget))
         channels = max(1, min(dim, budget // max(1, batch * d_state)))
         chunk = max(1, min(chunk_size, length, budget // max(1, batch * d_state * channels)))
     else:
