@@ -667,7 +667,7 @@ class AaPEViTTeacher(nn.Module):
     def forward(
         self,
         input_values: torch.Tensor,
-        instance_norm_axis: str = "channels",
+        instance_norm_axis: str = "tokens",
         layer_output: str = "ffn",
         top_k_layers: int | None = None,
     ) -> torch.Tensor:
@@ -677,7 +677,7 @@ class AaPEViTTeacher(nn.Module):
         return teacher_targets_from_layers(outputs[-(top_k_layers or len(outputs)) :], instance_norm_axis)
 
 
-def teacher_targets_from_layers(layer_outputs, instance_norm_axis: str = "channels") -> torch.Tensor:
+def teacher_targets_from_layers(layer_outputs, instance_norm_axis: str = "tokens") -> torch.Tensor:
     """Teacher targets of Sec. III-D (data2vec 2.0 / EAT `make_targets`): every layer's tokens instance-normalised
     without affine parameters, averaged over the layers, then layer-normalised without affine parameters (float32).
 

@@ -106,9 +106,10 @@ def test_teacher_gets_no_gradient_and_every_student_part_does(kind):
     assert missing == []
 
 
-def _slow_targets(model, inputs, layer_output="ffn", top_k=None):
+def _slow_targets(model, inputs, layer_output="ffn", top_k=None, axis="tokens"):
     """Teacher targets with explicit formulas: each block run by hand, its feed-forward output before the residual
-    add (or the block output), per-token normalisation over channels, average of the last `top_k`, normalisation."""
+    add (or the block output), per-channel normalisation over the tokens of a clip (or per-token over channels),
+    average of the last `top_k`, per-token normalisation over channels."""
     teacher = model.teacher
     hidden, _ = teacher.embeddings(inputs)
     layers = []
@@ -118,9 +119,10 @@ def _slow_targets(model, inputs, layer_output="ffn", top_k=None):
         hidden = hidden + feed_forward
         layers.append(feed_forward if layer_output == "ffn" else hidden)
     normed = []
+    dim = 1 if axis == "tokens" else -1
     for output in layers[-(top_k or len(layers)) :]:
-        mean = output.mean(-1, keepdim=True)
-        variance = ((output - mean) ** 2).mean(-1, keepdim=True)
+        mean = output.mean(dim, keepdim=True)
+        variance = ((output - mean) ** 2).mean(dim, keepdim=True)
         normed.append((output - mean) / torch.sqrt(variance + 1e-5))
     average = sum(normed) / len(normed)
     mean = average.mean(-1, keepdim=True)
@@ -129,7 +131,12 @@ def _slow_targets(model, inputs, layer_output="ffn", top_k=None):
 
 @pytest.mark.parametrize(
     "fields",
-    [{}, {"teacher_average_top_k_layers": 2}, {"teacher_target_layer_output": "block"}],
+    [
+        {},
+        {"teacher_average_top_k_layers": 2},
+        {"teacher_target_layer_output": "block"},
+        {"teacher_instance_norm_axis": "channels"},
+    ],
 )
 def test_teacher_targets_match_a_slow_reference_and_use_no_class_token(fields):
     model = AaPEViTForPreTraining(tiny(num_hidden_layers=3, **fields)).eval()
@@ -139,10 +146,17 @@ def test_teacher_targets_match_a_slow_reference_and_use_no_class_token(fields):
     inputs = torch.randn(2, 64, 32)
     with torch.no_grad():
         targets = model.teacher_targets(inputs)
+        config = model.config
         expected = _slow_targets(
-            model, inputs, model.config.teacher_target_layer_output, model.config.teacher_average_top_k_layers
+            model,
+            inputs,
+            config.teacher_target_layer_output,
+            config.teacher_average_top_k_layers,
+            config.teacher_instance_norm_axis,
         )
-        other = _slow_targets(model, inputs, "block" if model.config.teacher_target_layer_output == "ffn" else "ffn")
+        other = _slow_targets(
+            model, inputs, "block" if config.teacher_target_layer_output == "ffn" else "ffn", None, config.teacher_instance_norm_axis
+        )
     assert targets.shape == (2, 32, 32)  # one target per patch, no class token
     torch.testing.assert_close(targets, expected, rtol=1e-4, atol=1e-4)
     assert (targets - other).abs().max() > 0.1  # the reference tells the two kinds apart
