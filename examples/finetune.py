@@ -11,19 +11,30 @@ multi-label dataset, evaluated (mAP) on its held-out split, saved with `save_pre
     accelerate launch examples/finetune.py --recipe fftp-audioset    # FFTP paper, AudioSet-18k (agkphysics/AudioSet)
     accelerate launch examples/finetune.py --recipe aape-as20k --model_name_or_path <pre-trained AaPE-ViT>
     accelerate launch examples/finetune.py --recipe aape-esc50 --dataset_name ashraq/esc50 --eval_fold 1 ...
-    accelerate launch examples/finetune.py --recipe fftp-speechcommands --dataset_name <parquet copy of SCv2>
+    accelerate launch examples/finetune.py --recipe fftp-speechcommands --dataset_name scv2  # 35 words, see below
     python examples/finetune.py --list_recipes
 
 The same command runs on CPU, one GPU or many (`accelerate launch --num_processes N`, `--multi_gpu`, several
 machines). Several processes on a CPU-only machine: `accelerate launch --multi_gpu --num_processes N` (the script
 then joins them with gloo; `accelerate launch --cpu --num_processes N` starts a single process unless MPI is set up). `--batch_size` is the global batch of the papers: each process gets `batch_size / (processes x
-gradient_accumulation_steps)` clips per micro-batch. Every flag overrides the selected recipe's value.
+gradient_accumulation_steps)` clips per micro-batch. Every flag overrides the selected recipe's value. Supported
+engines: one process and DDP; FSDP / DeepSpeed are refused with a clear error (`training.check_distributed_engine`).
 
-Data flow: rows keep their encoded audio (`Audio(decode=False)`); the DataLoader workers decode, resample (soxr) and
-truncate the clips (corrupt ones are skipped and counted); waveform mixup, the batched log-mel front end and
-SpecMask / SpecAugment run on the training device. Checkpoints (`accelerator.save_state`: model, optimizer, scheduler,
+Speech Commands V2 (`fftp-speechcommands`, `aape-scv2`): 35 words, official training / validation / testing lists
+(11,005 test clips). Build `scv2` once with `python -m specpatch.speech_commands speech_commands_v0.02.tar.gz scv2`;
+the recipes' `--protocol speech_commands_v2` also filters a hub copy's `_silence_` rows and refuses its 12-class test
+split. AudioSet (`agkphysics/AudioSet`): AS-20K is config `balanced` (train / test); AS-2M (`aape-as2m`) is config
+`full` with `--train_split bal_train+unbal_train --eval_split eval`.
+
+Mixup: the FFTP recipes use AST's waveform mixup (`--mixup_type waveform`), the AaPE recipes EAT's timm-style batch
+mixup of the normalised spectrogram (`--mixup_type spectrogram`, lambda ~ Beta(0.8, 0.8) with probability 0.9).
+
+Data flow (`specpatch.data.AudioData`): rows keep their encoded audio (`Audio(decode=False)`); the DataLoader workers
+decode, resample (soxr) and truncate the clips (corrupt ones are skipped and counted over all processes); mixup, the
+batched log-mel front end and SpecMask / SpecAugment run on the training device. The loop's bookkeeping is
+`specpatch.training.TrainingLoop`. Checkpoints (`accelerator.save_state`: model, optimizer, scheduler,
 EMA, loop position, RNG states) are written every `--checkpointing_steps` optimizer steps; `--resume` continues from
-the latest one, mid-epoch, on the same data order.
+the latest one, mid-epoch, on the same data order (streaming too: each process at its own position).
 """
 
 from __future__ import annotations
@@ -533,7 +544,7 @@ def main(argv=None) -> dict:
     per_device = per_device_batch_size(args.batch_size, accelerator.num_processes, args.gradient_accumulation_steps)
     stream, train_loader = data.train_loader(per_device, accelerator)
     eval_loader = data.eval_loader(per_device, accelerator)
-    model = accelerator.prepare(model)  # FSDP shards the parameters here; the optimizer must see the sharded ones
+    model = accelerator.prepare(model)  # before the optimizer: its groups are built from the prepared parameters
     optimizer = build_optimizer(accelerator.unwrap_model(model), args, args.layer_decay, stem_layer_decay=args.layer_decay_stem == "decayed")
     if stream is None:
         optimizer, train_loader = accelerator.prepare(optimizer, train_loader)
@@ -568,8 +579,9 @@ def main(argv=None) -> dict:
     def run_eval(tag) -> dict | None:
         if eval_loader is None:
             return None
-        metrics, _, _, eval_skipped = evaluate(eval_model() if ema is not None else model, eval_loader, extractor,
-                                               accelerator, device)
+        # The unwrapped model: DDP's forward would broadcast buffers, a collective that processes with different
+        # numbers of evaluation batches would not all join.
+        metrics, _, _, eval_skipped = evaluate(eval_model(), eval_loader, extractor, accelerator, device)
         metrics = {f"eval_{k}": v for k, v in metrics.items()}
         metrics["eval_skipped_clips"] = eval_skipped
         logger.info("%s: %s", tag if isinstance(tag, str) else f"epoch {tag}",
@@ -627,7 +639,7 @@ def main(argv=None) -> dict:
     final_metrics = run_eval("final") or {}
     summary = loop.finish()
     final_model = ema.module if ema is not None else None
-    state_dict = None if ema is not None else accelerator.get_state_dict(model)  # collective under FSDP
+    state_dict = None if ema is not None else accelerator.get_state_dict(model)
     accelerator.wait_for_everyone()
     results = {
         "recipe": args.recipe,

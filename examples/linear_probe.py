@@ -11,6 +11,10 @@ Linear probing of a frozen encoder (the AaPE paper's protocol, Sec. IV-B and Tab
    (AaPE-ViT) provide exactly that. For the others the script uses `pooler_output` (FFTP-AST: the mean of the class
    and distillation tokens; FFTP-AuM: its class token) concatenated with the mean of `last_hidden_state` over all
    tokens (a couple of class tokens among hundreds of patch tokens barely move that mean).
+   Padded frames never enter the features: each clip is encoded on its own frames only (clips of a batch with the
+   same number of frames together), so neither attention nor the pooled mean sees padding, and a clip's features
+   do not depend on how much it was padded or on what it was batched with (M2D / EVAR likewise embed each clip at its
+   own length instead of a padded fixed length). Clips shorter than one patch are padded up to one patch.
 2. Standardisation with the mean and standard deviation of the *training* features of each split or fold.
 3. A linear classifier trained with Adam and a cosine schedule (no weight decay, no augmentation), cross-entropy for
    single-label sets (accuracy) and binary cross-entropy for multi-label ones (mAP). The AaPE paper trains with Adam
@@ -135,6 +139,27 @@ def encoder_features(model, input_values: torch.Tensor) -> torch.Tensor:
     return torch.cat([pooled, hidden.mean(dim=1)], dim=-1)
 
 
+def min_frames(model) -> int:
+    """Frames of one patch in time (the shortest input the model takes)."""
+    patch = getattr(model.config, "patch_size", 16)
+    return int(patch[-1] if isinstance(patch, (list, tuple)) else patch)
+
+
+@torch.no_grad()
+def clip_features(model, extractor, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Probe features of a batch of clips, each computed on its real frames only (no padding reaches the encoder):
+    the batch is split into groups of clips with the same number of frames, each group cropped to that number."""
+    features, frames = extractor.extract_features(waveforms, lengths)
+    frames = frames.clamp(min=min_frames(model), max=features.shape[1]).tolist()
+    out = [None] * len(frames)
+    for count in sorted(set(frames)):
+        rows = [i for i, n in enumerate(frames) if n == count]
+        group = encoder_features(model, features[rows, :count])
+        for row, value in zip(rows, group):
+            out[row] = value
+    return torch.stack(out)
+
+
 @torch.no_grad()
 def extract(dataset, columns, collator, model, extractor, accelerator, args, desc: str):
     """Features and labels of a whole split, computed in contiguous shards per process and gathered in order."""
@@ -151,10 +176,9 @@ def extract(dataset, columns, collator, model, extractor, accelerator, args, des
         skipped += batch["skipped_index"].numel()
         if batch["waveforms"].shape[0] == 0:
             continue
-        features, _ = extractor.extract_features(batch["waveforms"].to(accelerator.device),
-                                                 batch["lengths"].to(accelerator.device))
         with accelerator.autocast():
-            feats.append(encoder_features(model, features).float().cpu().numpy())
+            feats.append(clip_features(model, extractor, batch["waveforms"].to(accelerator.device),
+                                       batch["lengths"].to(accelerator.device)).float().cpu().numpy())
         labels.append(batch["labels"].numpy())
         rows.append(batch["index"].numpy() + start)
     parts = gather_object([(np.concatenate(feats) if feats else None, np.concatenate(labels) if labels else None,

@@ -4,7 +4,7 @@
 Self-supervised pre-training of AaPE-ViT (`AaPEViTForPreTraining`, aape.txt Sec. III-D / IV-B) with accelerate.
 
     python examples/pretrain_aape.py                                   # small model on the built-in dataset (offline)
-    accelerate launch examples/pretrain_aape.py --recipe aape-as2m     # Table I on agkphysics/AudioSet (unbalanced)
+    accelerate launch examples/pretrain_aape.py --recipe aape-as2m     # Table I on AS-2M (config full, bal+unbal)
     accelerate launch examples/pretrain_aape.py --dataset_name agkphysics/AudioSet --dataset_config_name full \
         --streaming --batch_size 512 --learning_rate 5e-4
     accelerate launch examples/pretrain_aape.py --recipe aape-as2m --model_name_or_path <checkpoint>  # continue
@@ -310,10 +310,8 @@ def random_crop(
 
 
 def parameter_digest(module: torch.nn.Module, full_state_dict: dict | None = None, prefix: str = "") -> str:
-    """SHA-256 of a module's state dict (names sorted, float32 bytes): equal digests mean bit-identical weights.
-    Under FSDP each process holds only shards, so the digest is taken from the gathered `full_state_dict` (entries
-    under `prefix`) when that is given and holds them; processes without it (FSDP gathers to the main process) use
-    their own module."""
+    """SHA-256 of a module's state dict (names sorted, float32 bytes): equal digests mean bit-identical weights. With
+    `full_state_dict` (the whole model's, `accelerator.get_state_dict`) the entries under `prefix` are used."""
     tensors = {k[len(prefix):]: v for k, v in (full_state_dict or {}).items() if k.startswith(prefix)}
     if not tensors:
         tensors = module.state_dict()
@@ -372,7 +370,7 @@ def main(argv=None) -> dict:
         global_clips = args.batch_size
     per_device = per_device_batch_size(global_clips, accelerator.num_processes, args.gradient_accumulation_steps)
     stream, train_loader = data.train_loader(per_device, accelerator)
-    model = accelerator.prepare(model)  # FSDP shards the parameters here; the optimizer must see the sharded ones
+    model = accelerator.prepare(model)  # before the optimizer: its groups are built from the prepared parameters
     optimizer = build_optimizer(accelerator.unwrap_model(model), args)  # the frozen teacher is left out
     if stream is None:
         optimizer, train_loader = accelerator.prepare(optimizer, train_loader)
@@ -455,7 +453,7 @@ def main(argv=None) -> dict:
 
     # Summary, checks and saving.
     summary = loop.finish()
-    state_dict = accelerator.get_state_dict(model)  # full weights (collective under FSDP)
+    state_dict = accelerator.get_state_dict(model)  # the whole model's weights
     teacher_digests = gather_object([parameter_digest(unwrapped.teacher, state_dict, "teacher.")])
     student_digests = gather_object([parameter_digest(unwrapped.aape_vit, state_dict, "aape_vit.")])
     if len(set(teacher_digests)) != 1 and accelerator.is_main_process:

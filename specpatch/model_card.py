@@ -365,8 +365,8 @@ def _training(model_type: str, training: Mapping | None, pretraining_script: boo
             f"accelerate launch examples/finetune.py --recipe fftp-audioset{flag} --masking specaugment",
             "# another Table II patching, e.g. 248 patches",
             f"accelerate launch examples/finetune.py --recipe fftp-audioset{flag} --config_overrides '{{\"time_stride\": 4}}'",
-            "# Speech Commands V2 (a parquet copy: the original loading script is refused by datasets >= 4)",
-            f"accelerate launch examples/finetune.py --recipe fftp-speechcommands{flag} --dataset_name <parquet folder or hub copy>",
+            "# Speech Commands V2, 35 words, official lists: python -m specpatch.speech_commands speech_commands_v0.02.tar.gz scv2",
+            f"accelerate launch examples/finetune.py --recipe fftp-speechcommands{flag} --dataset_name scv2",
             "```",
         ]
         if model_type == "fftp_aum":
@@ -379,7 +379,7 @@ def _training(model_type: str, training: Mapping | None, pretraining_script: boo
         pretrain = (
             [
                 "```bash",
-                "# Table I recipe on agkphysics/AudioSet (unbalanced, labels unused)",
+                "# Table I recipe on AS-2M (agkphysics/AudioSet config full, bal_train + unbal_train; labels unused)",
                 "accelerate launch examples/pretrain_aape.py --recipe aape-as2m",
                 "# a small model on the package's built-in dataset, offline (a smoke test of the whole chain)",
                 "python examples/pretrain_aape.py",
@@ -410,7 +410,7 @@ def _training(model_type: str, training: Mapping | None, pretraining_script: boo
             "accelerate launch examples/finetune.py --recipe aape-as20k --model_name_or_path <pre-trained AaPE-ViT>",
             "accelerate launch examples/finetune.py --recipe aape-as2m --model_name_or_path <pre-trained AaPE-ViT>",
             "accelerate launch examples/finetune.py --recipe aape-esc50 --model_name_or_path <pre-trained AaPE-ViT> --eval_fold 1",
-            "accelerate launch examples/finetune.py --recipe aape-scv2 --model_name_or_path <pre-trained AaPE-ViT> --dataset_name <parquet copy of SCv2>",
+            "accelerate launch examples/finetune.py --recipe aape-scv2 --model_name_or_path <pre-trained AaPE-ViT> --dataset_name scv2",
             "```",
         ]
     if training:

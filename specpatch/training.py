@@ -217,6 +217,7 @@ def make_accelerator(args):
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    check_distributed_engine()  # before Accelerator(): FSDP on a CPU-only machine fails inside it
     accelerator = Accelerator(
         cpu=cpu_multiprocess(),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -452,22 +453,42 @@ def prepare_output_dir(args, what: str = "trained model") -> None:
     os.makedirs(args.output_dir, exist_ok=True)
 
 
-def check_distributed_engine(accelerator) -> None:
-    """
-    The training scripts support one process, DDP (`--multi_gpu`, CPU processes joined with gloo) and accelerate's
-    FSDP plugin; anything else (DeepSpeed, Megatron-LM, XLA) is refused with a clear error rather than run with
-    helpers (weight EMA, teacher EMA, checkpoint layout) that were not written for it.
-    """
-    from accelerate.utils import DistributedType
+UNSUPPORTED_ENGINES = {
+    "FSDP": "ACCELERATE_USE_FSDP",
+    "DeepSpeed": "ACCELERATE_USE_DEEPSPEED",
+    "Megatron-LM": "ACCELERATE_USE_MEGATRON_LM",
+}
 
-    supported = {DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU, DistributedType.FSDP}
-    for name in ("MULTI_XPU", "MULTI_MLU", "MULTI_NPU", "MULTI_MUSA", "MULTI_SDAA", "MULTI_HPU"):
-        if hasattr(DistributedType, name):
-            supported.add(getattr(DistributedType, name))
-    if accelerator.distributed_type not in supported:
+
+def check_distributed_engine(accelerator=None) -> None:
+    """
+    The training scripts support one process and DDP (`accelerate launch --multi_gpu`, CPU processes joined with
+    gloo); they refuse sharded engines with a clear error instead of running them half-right.
+
+    FSDP in particular: the weight EMA of fine-tuning, the EMA teacher of pre-training (updated in place from the
+    student after every step) and the checkpoint / digest code assume whole, unsharded parameters on every process,
+    and accelerate (1.15, torch 2.13) cannot run its FSDP plugin on CPU to test otherwise: with `--fsdp_version 1`
+    `Accelerator()` fails ("no available devices"), and with `--fsdp_version 2` on a CPU-only machine it silently
+    falls back to plain multi-process data parallelism. Called before the `Accelerator` is built (environment set by
+    `accelerate launch`) and after (its `distributed_type`).
+    """
+    requested = [name for name, variable in UNSUPPORTED_ENGINES.items()
+                 if os.environ.get(variable, "false").strip().lower() in ("1", "true", "yes")]
+    if accelerator is not None:
+        from accelerate.utils import DistributedType
+
+        supported = {DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU}
+        for name in ("MULTI_XPU", "MULTI_MLU", "MULTI_NPU", "MULTI_MUSA", "MULTI_SDAA", "MULTI_HPU"):
+            if hasattr(DistributedType, name):
+                supported.add(getattr(DistributedType, name))
+        if accelerator.distributed_type not in supported:
+            requested.append(str(accelerator.distributed_type))
+    if requested:
         raise ValueError(
-            f"Distributed engine {accelerator.distributed_type} is not supported by the specpatch training scripts; "
-            "use one process, DDP (`accelerate launch --multi_gpu ...`) or FSDP (`accelerate launch --use_fsdp ...`)."
+            f"{', '.join(requested)} is not supported by the specpatch training scripts: they support one process and "
+            "DDP (`accelerate launch --multi_gpu --num_processes N ...`, which also joins CPU processes with gloo). "
+            "Sharded engines are refused because the weight EMA, the EMA teacher and the checkpoints assume whole "
+            "parameters on every process (see specpatch.training.check_distributed_engine)."
         )
 
 
@@ -693,6 +714,7 @@ class TrainingLoop:
 
 
 __all__ = [
+    "UNSUPPORTED_ENGINES",
     "TrainingLoop",
     "TrainingState",
     "add_optimization_arguments",

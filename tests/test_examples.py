@@ -172,3 +172,54 @@ def test_accelerate_two_processes_disjoint_data_and_exact_resume(audioset_dir, t
     assert a.keys() == b.keys()
     for key in a:  # the saved model is the EMA; identical after resuming from the mid-epoch checkpoint
         assert (a[key] - b[key]).abs().max().item() <= 1e-6, key
+
+
+@pytest.mark.parametrize("model_type", ["fftp_ast", "fftp_aum", "aape_vit"])
+def test_linear_probe_features_ignore_padding(model_type):
+    """A clip's probe features are the same alone, batched with a longer clip (padded to it), and with a longer
+    `max_length` (padded further): padded frames never reach the pooled features."""
+    import importlib.util
+
+    import torch
+    from conftest import FRONTENDS, tiny_config
+    from transformers import AutoModel
+
+    from specpatch.feature_extraction_specpatch import SpecPatchFeatureExtractor
+
+    spec = importlib.util.spec_from_file_location("linear_probe", LINEAR_PROBE)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    model = AutoModel.from_config(tiny_config(model_type)).eval()
+    generator = torch.Generator().manual_seed(0)
+    short, long = torch.randn(1, 4800, generator=generator) * 0.1, torch.randn(1, 10240, generator=generator) * 0.1
+    extractor = SpecPatchFeatureExtractor(frontend=FRONTENDS[model_type], max_length=64)
+    alone = probe.clip_features(model, extractor, short, torch.tensor([4800]))
+    padded = torch.cat([torch.nn.functional.pad(short, (0, 10240 - 4800)), long])
+    batched = probe.clip_features(model, extractor, padded, torch.tensor([4800, 10240]))
+    extractor.max_length = 200
+    longer = probe.clip_features(model, extractor, short, torch.tensor([4800]))
+    assert torch.allclose(alone[0], batched[0], atol=1e-5) and torch.allclose(alone, longer, atol=1e-5)
+    # Without the grouping (the old way: one padded batch through the encoder) the short clip's features move.
+    features, _ = extractor.extract_features(padded, torch.tensor([4800, 10240]), max_length=64)
+    naive = probe.encoder_features(model, features)
+    assert not torch.allclose(naive[0], alone[0], atol=1e-3)
+
+
+@pytest.mark.parametrize("script", ["finetune", "pretrain_aape"])
+def test_fsdp_is_refused_with_a_clear_error(script, audioset_dir, tmp_path):
+    """`accelerate launch --use_fsdp` with 2 CPU processes (gloo): accelerate cannot run FSDP on CPU (v1 fails inside
+    `Accelerator()`, v2 silently falls back to data parallelism), so both scripts refuse it up front, naming the
+    supported engines, instead of training something else than asked."""
+    path = os.path.join(REPO, "examples", f"{script}.py")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version", "2",
+               "--num_processes", "2", "--num_machines", "1", "--main_process_port", "0", "--mixed_precision", "no",
+               "--dynamo_backend", "no", path, "--dataset_name", audioset_dir, "--max_train_steps", "1",
+               "--num_workers", "0", "--output_dir", str(tmp_path / "out")]
+    env = dict(os.environ)
+    env.update({"HF_DATASETS_CACHE": str(tmp_path / "hf_cache"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+                "ACCELERATE_USE_CPU": "true", "PYTHONPATH": REPO + os.pathsep + env.get("PYTHONPATH", "")})
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env, cwd=str(tmp_path))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "FSDP is not supported by the specpatch training scripts" in output and "--multi_gpu" in output
+    assert not os.path.isfile(tmp_path / "out" / "all_results.json")

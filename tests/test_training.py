@@ -188,3 +188,38 @@ def test_checkpoint_save_resume_round_trip(tmp_path):
     assert latest_checkpoint(tmp_path) == newer and not os.path.isdir(path)
     with pytest.raises(ValueError, match="no such checkpoint"):
         resolve_resume_path(str(tmp_path / "missing"), tmp_path)
+
+
+def test_layer_decay_stem_at_full_lr_as_eat():
+    model = FFTPASTForAudioClassification(tiny_config("fftp_ast", num_labels=3))
+    beit = layer_decay_parameter_groups(model, 1.0, 0.05, 0.5)
+    eat = layer_decay_parameter_groups(model, 1.0, 0.05, 0.5, stem_layer_decay=False)
+    scale = {n: g["lr_scale"] for groups in (beit,) for g in groups for n in g["param_names"]}
+    scale_eat = {n: g["lr_scale"] for g in eat for n in g["param_names"]}
+    stem = [n for n in scale if layer_id_for_parameter(n, 2) == 0]
+    assert stem and all(scale[n] == 0.5**3 for n in stem) and all(scale_eat[n] == 1.0 for n in stem)
+    blocks = [n for n in scale if 0 < layer_id_for_parameter(n, 2) <= 2]
+    assert blocks and all(scale[n] == scale_eat[n] < 1.0 for n in blocks)  # the blocks decay either way
+
+
+def test_spectrogram_mixup_is_timm_batch_mixup():
+    from specpatch.mixup import SpectrogramMixup
+
+    x = torch.randn(4, 10, 8)
+    labels = torch.tensor([0, 1, 2, 1])
+    mixup = SpectrogramMixup(alpha=0.8, prob=1.0, num_classes=3)
+    mixed, targets, lam = mixup(x, labels, generator=torch.Generator().manual_seed(1), return_lambda=True)
+    assert torch.all(lam == lam[0]) and 0.0 < float(lam[0]) < 1.0  # one lambda for the whole batch
+    one_hot = torch.nn.functional.one_hot(labels, 3).float()
+    l = float(lam[0])
+    assert torch.allclose(mixed, l * x + (1 - l) * x.flip(0), atol=1e-6)  # each clip with the batch reversed
+    assert torch.allclose(targets, l * one_hot + (1 - l) * one_hot.flip(0), atol=1e-6)
+    # prob: the share of mixed batches over many draws (EAT: 0.9); unmixed batches come back unchanged.
+    mixup = SpectrogramMixup(alpha=0.8, prob=0.9, num_classes=3)
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.stack([mixup.sample_lambda(4, generator)[0] for _ in range(2000)])
+    assert abs(float((draws < 1).float().mean()) - 0.9) < 0.03
+    mixed_lams = draws[draws < 1].double()
+    assert abs(float(mixed_lams.mean()) - 0.5) < 0.03 and abs(float(mixed_lams.var()) - 0.25 / 2.6) < 0.02  # Beta(.8,.8)
+    with pytest.raises(ValueError, match="num_classes"):
+        SpectrogramMixup()(x, labels)
