@@ -388,6 +388,13 @@ def _plan(batch: int, length: int, dim: int, d_state: int, chunk_size: int, devi
     return chunk, channels, chunks, blocks, sequential
 
 
+def _chunks_per_saved_state(chunk: int, sequential: bool) -> int:
+    """The forward pass saves the state before every this many chunks for the backward pass, which recomputes the
+    ones in between: every chunk for the parallel scan (long chunks), about every 32 time steps for the step-by-step
+    mode (short chunks), so the saved states take at most half the memory of `u` (d_state 16)."""
+    return -(-32 // chunk) if sequential else 1
+
+
 def _sequential_scan_(a: torch.Tensor, x: torch.Tensor) -> None:
     """In place along dim 1: `x_t += a_t * x_{t-1}` for t = 1, 2, ... (`a` is left unchanged)."""
     for t in range(1, x.shape[1]):
@@ -450,7 +457,10 @@ def _scan_forward(u, delta, A, B, C, chunk_size, save_starts=False):
     batch, length, dim = u.shape
     d_state = A.shape[0]
     chunk, channels, chunks, blocks, sequential = _plan(batch, length, dim, d_state, chunk_size, u.device)
-    starts = u.new_zeros(len(chunks) if save_starts else 0, batch, d_state, dim)
+    per_saved = _chunks_per_saved_state(chunk, sequential)
+    starts = u.new_empty(-(-len(chunks) // per_saved) if save_starts else 0, batch, d_state, dim)
+    if save_starts:
+        starts[0] = 0
     B_op, C_op = _Operand(B, dim), _Operand(C, dim)
     y = u.new_empty(batch, length, dim)
     last_state = u.new_empty(batch, d_state, dim)
@@ -461,8 +471,8 @@ def _scan_forward(u, delta, A, B, C, chunk_size, save_starts=False):
         carry = u.new_zeros(batch, d_state, d1 - d0)
         for index, (t0, t1) in enumerate(chunks):
             rows, cols = t1 - t0, d1 - d0
-            if save_starts and index > 0:
-                starts[index, :, :, d0:d1] = carry
+            if save_starts and index > 0 and index % per_saved == 0:
+                starts[index // per_saved, :, :, d0:d1] = carry
             states = state_buffer[:, :rows, :, :cols]
             _chunk_states(
                 delta, delta_u, A2[:, d0:d1], B_op.tile(t0, t1, d0, d1), carry, t0, t1, d0, d1,
@@ -479,7 +489,8 @@ def _scan_backward(u, delta, A, B, C, starts, grad_y, grad_last_state, chunk_siz
 
     With `G_t = dL/dh_t` (total), the adjoint recurrence runs backwards in time,
     `G_t = C_t gy_t + exp(delta_{t+1} A) G_{t+1}`, and is solved with the same chunked scan in reverse. Per chunk
-    the forward states are recomputed from the chunk-start states saved by the forward pass (`starts`). Then, with
+    the forward states are recomputed from the chunk-start states saved by the forward pass (`starts`, one per
+    `_chunks_per_saved_state` chunks: the ones in between are recomputed by a forward sweep). Then, with
     `a_t = exp(delta_t A)` and `h_{t-1}` the previous state,
     `dL/d(delta_t A) = G_t a_t h_{t-1}`, `dL/d(delta_t u_t B_t) = G_t`, `dL/dC_t = gy_t h_t`.
     """
@@ -492,19 +503,34 @@ def _scan_backward(u, delta, A, B, C, starts, grad_y, grad_last_state, chunk_siz
     grad_A, grad_B, grad_C = torch.zeros_like(A), torch.zeros_like(B), torch.zeros_like(C)
     buffers = [u.new_empty(batch, chunk, d_state, channels) for _ in range(5)]
     decay_buffer, work_buffer, state_buffer, adjoint_buffer, scratch_buffer = buffers
+    per_saved = _chunks_per_saved_state(chunk, sequential)
+    segment_starts = u.new_empty(per_saved, batch, d_state, channels)
     delta_u = delta * u
     A2 = A * _LOG2_E
     for d0, d1 in blocks:
         cols = d1 - d0
         A_block, A2_block = A[:, d0:d1], A2[:, d0:d1]
-        chunk_start_states = starts[:, :, :, d0:d1]
         # reverse sweep over chunks
         if grad_last_state is not None:
             adjoint_carry = grad_last_state[:, :, d0:d1].to(u.dtype)
         else:
             adjoint_carry = u.new_zeros(batch, d_state, cols)
         for index in reversed(range(len(chunks))):
-            (t0, t1), start = chunks[index], chunk_start_states[index]
+            if index % per_saved == per_saved - 1 or index == len(chunks) - 1:  # entering a segment from its end
+                first = index - index % per_saved
+                carry = starts[first // per_saved, :, :, d0:d1]
+                for between in range(first, index + 1):  # recompute the states before the segment's chunks
+                    segment_starts[between - first, :, :, :cols] = carry
+                    carry = segment_starts[between - first, :, :, :cols]  # (the state buffer is overwritten)
+                    if between < index:
+                        (s0, s1), rows = chunks[between], chunks[between][1] - chunks[between][0]
+                        states = state_buffer[:, :rows, :, :cols]
+                        _chunk_states(
+                            delta, delta_u, A2_block, B_op.tile(s0, s1, d0, d1), carry, s0, s1, d0, d1,
+                            decay_buffer[:, :rows, :, :cols], states, sequential,
+                        )  # fmt: skip
+                        carry = states[:, -1]
+            (t0, t1), start = chunks[index], segment_starts[index % per_saved, :, :, :cols]
             rows = t1 - t0
             views = [buffer[:, :rows, :, :cols] for buffer in buffers]
             decay, work, states, adjoint, scratch = views
