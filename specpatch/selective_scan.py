@@ -312,8 +312,9 @@ class _Operand:
 
     def contract(self, tile: torch.Tensor, states: torch.Tensor, scratch: torch.Tensor, out: torch.Tensor) -> None:
         """`out[b, t, d] = sum_n tile[., t, n, d] * states[b, t, n, d]` (`scratch` has the shape of `states`)."""
-        # (a batched matmul would be one (1 x n) @ (n x channels) product per batch element and time step: CPU
-        # matmul runs those one by one, far slower than this elementwise product and reduction)
+        if self.kind == 3:  # one (1 x n) @ (n x channels) product per batch element and time step (batched matmul)
+            out.copy_(torch.matmul(tile.transpose(2, 3), states)[:, :, 0])
+            return
         torch.mul(states, tile, out=scratch)
         torch.sum(scratch, dim=2, out=out)
 
@@ -464,7 +465,8 @@ def _scan_forward(u, delta, A, B, C, chunk_size, save_starts=False):
     B_op, C_op = _Operand(B, dim), _Operand(C, dim)
     y = u.new_empty(batch, length, dim)
     last_state = u.new_empty(batch, d_state, dim)
-    decay_buffer, state_buffer, scratch_buffer = (u.new_empty(batch, chunk, d_state, channels) for _ in range(3))
+    # two state buffers used in turn: the carry (last state of a chunk) stays valid while the next chunk is solved
+    decay_buffer, scratch_buffer, *state_buffers = (u.new_empty(batch, chunk, d_state, channels) for _ in range(4))
     delta_u = delta * u
     A2 = A * _LOG2_E
     for d0, d1 in blocks:
@@ -473,12 +475,12 @@ def _scan_forward(u, delta, A, B, C, chunk_size, save_starts=False):
             rows, cols = t1 - t0, d1 - d0
             if save_starts and index > 0 and index % per_saved == 0:
                 starts[index // per_saved, :, :, d0:d1] = carry
-            states = state_buffer[:, :rows, :, :cols]
+            states = state_buffers[index % 2][:, :rows, :, :cols]
             _chunk_states(
                 delta, delta_u, A2[:, d0:d1], B_op.tile(t0, t1, d0, d1), carry, t0, t1, d0, d1,
                 decay_buffer[:, :rows, :, :cols], states, sequential,
             )  # fmt: skip
-            carry = states[:, -1].clone()  # the buffers are overwritten by the next chunk
+            carry = states[:, -1]
             C_op.contract(C_op.tile(t0, t1, d0, d1), states, scratch_buffer[:, :rows, :, :cols], y[:, t0:t1, d0:d1])
         last_state[:, :, d0:d1] = carry
     return y, last_state, starts
@@ -554,12 +556,12 @@ def _scan_backward(u, delta, A, B, C, starts, grad_y, grad_last_state, chunk_siz
                 work[:, : rows - 1] = decay[:, 1:]  # a_{t+1}
                 work[:, rows - 1] = 1.0
                 _linear_scan_(work, adjoint, reverse=True)
-            adjoint_carry = decay[:, 0] * adjoint[:, 0]  # dL/d(state before the chunk)
-            # dL/d(delta_t A) = G_t a_t h_{t-1}
+            # dL/d(delta_t A) = (G_t a_t) h_{t-1}; G_t a_t at the chunk's first step is dL/d(state before the chunk)
             log_decay_grad = work
-            torch.mul(adjoint[:, 1:], states[:, :-1], out=log_decay_grad[:, 1:])
-            torch.mul(adjoint[:, 0], start, out=log_decay_grad[:, 0])
-            log_decay_grad.mul_(decay)
+            torch.mul(adjoint, decay, out=log_decay_grad)
+            adjoint_carry = log_decay_grad[:, 0].clone()
+            log_decay_grad[:, 1:].mul_(states[:, :-1])
+            log_decay_grad[:, 0].mul_(start)
             torch.mul(log_decay_grad, A_block, out=scratch)
             grad_delta_chunk = scratch.sum(2)
             torch.mul(log_decay_grad, delta_chunk[:, :, None], out=scratch)
