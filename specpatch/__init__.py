@@ -20,6 +20,7 @@ from .augmentation import SpecAugment, SpecMask, WaveformMixup, spec_mask_refere
 from .configuration_aape_vit import AaPEViTConfig
 from .configuration_fftp_ast import FFTPASTConfig
 from .configuration_fftp_aum import FFTPAuMConfig
+from .export import export_onnx
 from .feature_extraction_specpatch import SpecPatchFeatureExtractor
 from .masking import inverse_block_mask
 from .modeling_aape_vit import (
@@ -84,6 +85,7 @@ __all__ = [
     "SpecPatchAudioClassificationPipeline",
     "SpecPatchFeatureExtractor",
     "WaveformMixup",
+    "export_onnx",
     "inverse_block_mask",
     "ZeroPhaseHighPass",
     "sblu_conv",
