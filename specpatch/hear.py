@@ -35,7 +35,7 @@ class SpecPatchHEARModel(nn.Module):
         self.model = model.eval()
         self.feature_extractor = feature_extractor
         self.sample_rate = int(feature_extractor.sampling_rate)
-        self.timestamp_embedding_size = int(model.config.hidden_size)
+        self.timestamp_embedding_size = int(model.config.hidden_size)  # the encoder's width
         self.scene_embedding_size = 2 * self.timestamp_embedding_size
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
@@ -58,9 +58,13 @@ def load_model(model_file_path: str = "", **from_pretrained_kwargs) -> SpecPatch
             "specpatch.hear.load_model needs `model_file_path`: a save_pretrained folder (or hub id) of a specpatch "
             "checkpoint with its feature extractor; there is no built-in default checkpoint."
         )
-    from transformers import AutoFeatureExtractor, AutoModel
+    from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForAudioClassification
 
-    model = AutoModel.from_pretrained(model_file_path, **from_pretrained_kwargs)
+    config = AutoConfig.from_pretrained(model_file_path, **from_pretrained_kwargs)
+    # A classification checkpoint loads whole (no "unexpected classifier weights" report); its encoder is used.
+    is_classifier = any(name.endswith("ForAudioClassification") for name in (config.architectures or []))
+    auto_class = AutoModelForAudioClassification if is_classifier else AutoModel
+    model = auto_class.from_pretrained(model_file_path, **from_pretrained_kwargs)
     extractor = AutoFeatureExtractor.from_pretrained(model_file_path, **from_pretrained_kwargs)
     return SpecPatchHEARModel(model, extractor)
 

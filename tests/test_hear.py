@@ -37,7 +37,7 @@ def test_hear_api_on_a_checkpoint(tmp_path, model_type):
     assert model.timestamp_embedding_size == classifier.config.hidden_size
     assert model.scene_embedding_size == 2 * classifier.config.hidden_size
     # the checkpoint's encoder weights were loaded (not a fresh encoder)
-    for name, parameter in model.model.named_parameters():
+    for name, parameter in model.model.base_model.named_parameters():
         torch.testing.assert_close(parameter, classifier.base_model.get_parameter(name))
 
     generator = torch.Generator().manual_seed(0)
@@ -81,3 +81,13 @@ def test_official_hear_validator(tmp_path, model_type):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Checking get_scene_embeddings" in result.stdout
+
+
+def test_hear_loads_a_bare_encoder_with_the_same_embeddings(tmp_path):
+    classifier = _checkpoint(tmp_path / "classifier", "fftp_ast")
+    classifier.base_model.save_pretrained(tmp_path / "encoder")
+    SpecPatchFeatureExtractor.from_pretrained(tmp_path / "classifier").save_pretrained(tmp_path / "encoder")
+    audio = torch.rand(2, 20000, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    from_classifier = hear.get_scene_embeddings(audio, hear.load_model(str(tmp_path / "classifier")))
+    from_encoder = hear.get_scene_embeddings(audio, hear.load_model(str(tmp_path / "encoder")))
+    torch.testing.assert_close(from_encoder, from_classifier)
