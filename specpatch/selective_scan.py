@@ -141,28 +141,22 @@ def selective_scan_torch(
         raise ValueError(f"`chunk_size` must be positive, got {chunk_size}.")
     dtype = torch.promote_types(u.dtype, torch.float32)  # fp32 recurrence; float64 stays float64 (tests)
     with torch.autocast(device_type=device_type, enabled=False):
-        u_f = u.to(dtype)
-        delta_f = delta.to(dtype)
-        if delta_bias is not None:
-            delta_f = delta_f + delta_bias.to(dtype)[:, None]
-        if delta_softplus:
-            delta_f = F.softplus(delta_f)
-        # Internal layout: time before channels, so a chunk of time steps is a contiguous block of rows.
-        y, last_state = _SelectiveScanFunction.apply(
-            u_f.transpose(1, 2).contiguous(),
-            delta_f.transpose(1, 2).contiguous(),
+        # Internal layout: time before channels, so a chunk of time steps is a block of rows (a Mamba mixer's
+        # `(batch, dim, length)` tensors are transposed views of such data: no copies).
+        out, last_state = _SelectiveScanFunction.apply(
+            _time_major(u.to(dtype)),
+            _time_major(delta.to(dtype)),
             A.to(dtype).t().contiguous(),
             _to_internal_layout(B.to(dtype)),
             _to_internal_layout(C.to(dtype)),
+            None if D is None else D.to(dtype),
+            None if z is None else _time_major(z.to(dtype)),
+            None if delta_bias is None else delta_bias.to(dtype),
+            delta_softplus,
             chunk_size,
         )
-        out = y.transpose(1, 2)
+        out = out.transpose(1, 2).to(u.dtype)
         last_state = last_state.transpose(1, 2)
-        if D is not None:
-            out = out + u_f * D.to(dtype)[:, None]
-        if z is not None:
-            out = out * F.silu(z.to(dtype))
-        out = out.to(u.dtype)
     return (out, last_state) if return_last_state else out
 
 
@@ -278,6 +272,13 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias) -> None:
         raise ValueError(f"`delta_bias` must have shape (dim,) = ({dim},), got {tuple(delta_bias.shape)}.")
     if z is not None and z.shape != u.shape:
         raise ValueError(f"`z` must have the shape of `u` {tuple(u.shape)}, got {tuple(z.shape)}.")
+
+
+def _time_major(x: torch.Tensor) -> torch.Tensor:
+    """`(batch, dim, length)` -> `(batch, length, dim)` with channels contiguous: a view when `x` already is one of
+    such data (as in a Mamba mixer), a copy otherwise."""
+    x = x.transpose(1, 2)
+    return x if x.stride(-1) == 1 else x.contiguous()
 
 
 def _to_internal_layout(M: torch.Tensor) -> torch.Tensor:
@@ -409,27 +410,58 @@ def _sequential_reverse_scan_(a: torch.Tensor, x: torch.Tensor) -> None:
 
 
 class _SelectiveScanFunction(torch.autograd.Function):
-    """`y[b, t, d] = sum_n C_t[n] h_t[n, d]` of the recurrence, without `D`, the gate or the `delta` transform
-    (applied by autograd around it). Inputs in the internal layout: `u`, `delta` `(batch, length, dim)`, `A`
-    transposed `(n, dim)`, `B` / `C` from `_to_internal_layout`. Returns `y` `(batch, length, dim)` and the last
-    state `(batch, n, dim)`."""
+    """The selective scan with its elementwise wrapping fused into one autograd node (as `mamba_ssm` does): the
+    time-step transform `delta = softplus(delta_raw + delta_bias)`, the recurrence's readout
+    `y[b, t, d] = sum_n C_t[n] h_t[n, d]`, the skip `+ D u` and the gate `* silu(z)`. Inputs in the internal layout:
+    `u`, `delta_raw`, `z` `(batch, length, dim)` (any strides), `A` transposed `(n, dim)`, `B` / `C` from
+    `_to_internal_layout`. Returns the output `(batch, length, dim)` and the last state `(batch, n, dim)`."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, chunk_size):
+    def forward(ctx, u, delta_raw, A, B, C, D, z, delta_bias, delta_softplus, chunk_size):
         with torch.no_grad():
+            delta = _time_steps(delta_raw, delta_bias, delta_softplus)
             y, last_state, starts = _scan_forward(u, delta, A, B, C, chunk_size, any(ctx.needs_input_grad))
-        ctx.save_for_backward(u, delta, A, B, C, starts)
-        ctx.chunk_size = chunk_size
-        return y, last_state
+            if D is not None:
+                y.addcmul_(u, D)
+            out = y * F.silu(z) if z is not None else y
+        ctx.save_for_backward(u, delta_raw, A, B, C, D, z, delta_bias, starts, y if z is not None else None)
+        ctx.delta_softplus, ctx.chunk_size = delta_softplus, chunk_size
+        return out, last_state
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_y, grad_last_state):
-        u, delta, A, B, C, starts = ctx.saved_tensors
+    def backward(ctx, grad_out, grad_last_state):
+        u, delta_raw, A, B, C, D, z, delta_bias, starts, gated = ctx.saved_tensors
         with torch.autocast(device_type=u.device.type, enabled=False):
-            grads = _scan_backward(u, delta, A, B, C, starts, grad_y, grad_last_state, ctx.chunk_size)
+            grad_out = grad_out if grad_out is not None else torch.zeros_like(u)
+            grad_z = None
+            if z is not None:  # out = gated * silu(z), silu'(z) = s (1 + z (1 - s)) with s = sigmoid(z)
+                sigmoid_z = torch.sigmoid(z)
+                grad_y = grad_out * z * sigmoid_z
+                grad_z = grad_out * gated * sigmoid_z * (1 + z * (1 - sigmoid_z))
+            else:
+                grad_y = grad_out
+            delta = _time_steps(delta_raw, delta_bias, ctx.delta_softplus)
+            grad_u, grad_delta, grad_A, grad_B, grad_C = _scan_backward(
+                u, delta, A, B, C, starts, grad_y, grad_last_state, ctx.chunk_size
+            )
+            grad_D = None
+            if D is not None:
+                grad_D = (grad_y * u).sum((0, 1))
+                grad_u.addcmul_(grad_y, D)
+            if ctx.delta_softplus:  # softplus'(x) = sigmoid(x)
+                pre = delta_raw + delta_bias if delta_bias is not None else delta_raw
+                grad_delta.mul_(torch.sigmoid(pre))
+            grad_bias = grad_delta.sum((0, 1)) if delta_bias is not None else None
+        grads = (grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D, grad_z, grad_bias)
         needs = ctx.needs_input_grad
-        return tuple(g if needs[i] else None for i, g in enumerate(grads)) + (None,)
+        return tuple(g if needs[i] else None for i, g in enumerate(grads)) + (None, None)
+
+
+def _time_steps(delta_raw, delta_bias, delta_softplus):
+    """`softplus(delta_raw + delta_bias)` (each part optional), as a new contiguous tensor."""
+    delta = delta_raw + delta_bias if delta_bias is not None else delta_raw.contiguous()
+    return F.softplus(delta) if delta_softplus else delta
 
 
 def _discretised_decay(delta_chunk, A2_block, out):
@@ -503,10 +535,12 @@ def _scan_backward(u, delta, A, B, C, starts, grad_y, grad_last_state, chunk_siz
     grad_y = grad_y.contiguous() if grad_y is not None else torch.zeros_like(u)
     grad_u, grad_delta = torch.empty_like(u), torch.empty_like(delta)
     grad_A, grad_B, grad_C = torch.zeros_like(A), torch.zeros_like(B), torch.zeros_like(C)
-    buffers = [u.new_empty(batch, chunk, d_state, channels) for _ in range(5)]
-    decay_buffer, work_buffer, state_buffer, adjoint_buffer, scratch_buffer = buffers
     per_saved = _chunks_per_saved_state(chunk, sequential)
-    segment_starts = u.new_empty(per_saved, batch, d_state, channels)
+    work_buffer, adjoint_buffer, scratch_buffer = (u.new_empty(batch, chunk, d_state, channels) for _ in range(3))
+    if sequential:  # decays and states of a whole segment of chunks, recomputed once from its saved start
+        decay_buffer, state_buffer = (u.new_empty(batch, per_saved * chunk, d_state, channels) for _ in range(2))
+    else:  # one chunk's, recomputed from its saved start
+        decay_buffer, state_buffer = (u.new_empty(batch, chunk, d_state, channels) for _ in range(2))
     delta_u = delta * u
     A2 = A * _LOG2_E
     for d0, d1 in blocks:
@@ -518,33 +552,35 @@ def _scan_backward(u, delta, A, B, C, starts, grad_y, grad_last_state, chunk_siz
         else:
             adjoint_carry = u.new_zeros(batch, d_state, cols)
         for index in reversed(range(len(chunks))):
-            if index % per_saved == per_saved - 1 or index == len(chunks) - 1:  # entering a segment from its end
-                first = index - index % per_saved
-                carry = starts[first // per_saved, :, :, d0:d1]
-                for between in range(first, index + 1):  # recompute the states before the segment's chunks
-                    segment_starts[between - first, :, :, :cols] = carry
-                    carry = segment_starts[between - first, :, :, :cols]  # (the state buffer is overwritten)
-                    if between < index:
-                        (s0, s1), rows = chunks[between], chunks[between][1] - chunks[between][0]
-                        states = state_buffer[:, :rows, :, :cols]
-                        _chunk_states(
-                            delta, delta_u, A2_block, B_op.tile(s0, s1, d0, d1), carry, s0, s1, d0, d1,
-                            decay_buffer[:, :rows, :, :cols], states, sequential,
-                        )  # fmt: skip
-                        carry = states[:, -1]
-            (t0, t1), start = chunks[index], segment_starts[index % per_saved, :, :, :cols]
+            (t0, t1) = chunks[index]
             rows = t1 - t0
-            views = [buffer[:, :rows, :, :cols] for buffer in buffers]
-            decay, work, states, adjoint, scratch = views
+            work, adjoint, scratch = (b[:, :rows, :, :cols] for b in (work_buffer, adjoint_buffer, scratch_buffer))
             delta_chunk, u_chunk, gy_chunk = (t[:, t0:t1, d0:d1] for t in (delta, u, grad_y))
             B_tile, C_tile = B_op.tile(t0, t1, d0, d1), C_op.tile(t0, t1, d0, d1)
-            # the decays a_t (kept) and the recomputed states
-            _discretised_decay(delta_chunk, A2_block, decay)
-            torch.mul(delta_u[:, t0:t1, None, d0:d1], B_tile, out=states)
-            states[:, 0].addcmul_(decay[:, 0], start)
             if sequential:
-                _sequential_scan_(decay, states)
+                if index % per_saved == per_saved - 1 or index == len(chunks) - 1:  # entering a segment (from its end)
+                    first = index - index % per_saved
+                    segment_t0, segment_start = chunks[first][0], starts[first // per_saved, :, :, d0:d1]
+                    carry = segment_start
+                    for s0, s1 in chunks[first : index + 1]:  # the decays a_t and states h_t of the segment
+                        rows_s = slice(s0 - segment_t0, s1 - segment_t0)
+                        segment_states = state_buffer[:, rows_s, :, :cols]
+                        _chunk_states(
+                            delta, delta_u, A2_block, B_op.tile(s0, s1, d0, d1), carry, s0, s1, d0, d1,
+                            decay_buffer[:, rows_s, :, :cols], segment_states, True,
+                        )  # fmt: skip
+                        carry = segment_states[:, -1]
+                offset = t0 - segment_t0
+                decay = decay_buffer[:, offset : offset + rows, :, :cols]
+                states = state_buffer[:, offset : offset + rows, :, :cols]
+                start = segment_start if index == first else state_buffer[:, offset - 1, :, :cols]
             else:
+                start = starts[index, :, :, d0:d1]
+                decay, states = decay_buffer[:, :rows, :, :cols], state_buffer[:, :rows, :, :cols]
+                # the decays a_t (kept) and the recomputed states
+                _discretised_decay(delta_chunk, A2_block, decay)
+                torch.mul(delta_u[:, t0:t1, None, d0:d1], B_tile, out=states)
+                states[:, 0].addcmul_(decay[:, 0], start)
                 work.copy_(decay)
                 _linear_scan_(work, states)
             # adjoint: G_t = C_t gy_t + a_{t+1} G_{t+1}; the last row also receives the carried adjoint
