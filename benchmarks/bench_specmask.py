@@ -1,45 +1,61 @@
 """
-Times the batched `SpecMask` against Algorithm 1 run sample by sample, on a batch of 32 x 1000 frames x 128 mel with
-the paper's AudioSet settings (budget 25,600 cells, masks up to 128 x 128), in the same process.
+Times the batched `SpecMask` against Algorithm 1 written per sample with numpy (what one would otherwise write), on
+the paper's two settings, side by side in one process:
 
-Rows:
-- `SpecMask` (batched): `specpatch.SpecMask.audioset()(batch, generator=g)`, masking and filling included.
-- `spec_mask_reference` loop: the plain per-sample pure-Python transcription of Algorithm 1 (the target: the batched
-  version must be at least 10x faster).
-- tensor-slicing loop (information only): Algorithm 1 per sample with the mask map and the fill done by torch slicing
-  (`M[t:t + w, f:f + h].any()`), the per-sample loop one would write with tensors.
+- AudioSet: batch 32 x 1000 frames x 128 mel, budget 25,600 cells, masks up to 128 x 128;
+- Speech Commands: batch 256 x 128 frames x 128 mel, budget 1,024 cells, masks up to 128 mel x 16 frames.
 
-Usage: `python benchmarks/bench_specmask.py [--repeats 7] [--device cpu] [--threads N]`.
+Rows (each setting):
+- `numpy loop`: `spec_mask_numpy` below, per sample: mask sizes and positions from a numpy `Generator`, rejection
+  sampling with `occupied[t0:t0 + w, f0:f0 + h].any()`, the fill by slicing; it returns a masked copy, like `SpecMask`.
+- `SpecMask`: `SpecMask(...)(batch, generator=g)` on the torch tensor of the same batch (a new tensor).
+- the same two in place (`inplace=True`, and the numpy loop without its copy): the copy of the batch is then left out
+  of both, which shows how much of the time is the algorithm rather than writing a new 16 MB batch.
+- mask placement only (`SpecMask.sample_masks`: boxes and the boolean mask, no spectrogram), information.
 
-Threads: by default torch runs single-threaded here (`--threads 1`), as augmentation does in DataLoader workers
-(PyTorch sets one thread per worker). This also keeps the comparison meaningful on a shared machine: when other
-processes oversubscribe the cores, torch's multi-threaded kernels slow down by an order of magnitude (both torch
-rows, not the pure-Python one). `--threads 0` keeps torch's default.
+Rows run interleaved and are repeated until their spread is small (`benchmarks/timing.py`); a ratio that stays noisy
+is printed as such. Threads: torch runs single-threaded here (`--threads 1`), as augmentation does in DataLoader
+workers; the numpy loop is single-threaded anyway.
+
+On CUDA (`--device cuda`) the `SpecMask` rows run on the GPU and the script counts host synchronisations during one
+call with `torch.cuda.set_sync_debug_mode` (the placement runs on the host and its indices are copied once per batch).
+
+Usage: `python benchmarks/bench_specmask.py [--device cpu] [--threads 1] [--max-rounds 30] [--json out.json]`.
 """
 
+from __future__ import annotations
+
 import argparse
-import random
-import statistics
-import time
+import json
+import warnings
 
+import numpy as np
 import torch
+from timing import interleaved, load_average
 
-from specpatch.augmentation import SpecMask, spec_mask_reference
+from specpatch.augmentation import SpecMask
+
+SETTINGS = {
+    "audioset": {"batch": 32, "frames": 1000, "mel": 128, **SpecMask.AUDIOSET},
+    "speech_commands": {"batch": 256, "frames": 128, "mel": 128, **SpecMask.SPEECH_COMMANDS},
+}
+TARGET = 5.0
 
 
-def spec_mask_tensor_loop(spectrogram, budget, max_height, max_width, rng, full_frequency_prob=0.7, max_tries=100):
-    """Algorithm 1 on one (frames, mel) tensor with torch slicing for the overlap checks and the fill."""
+def spec_mask_numpy(spectrogram, budget, max_height, max_width, rng, full_frequency_prob=0.7, max_tries=100,
+                    copy=True):  # fmt: skip
+    """Algorithm 1 on one `(frames, mel)` numpy spectrogram, as one would write it: masked cells get the mean."""
     frames, mel = spectrogram.shape
-    out = spectrogram.clone()
-    occupied = torch.zeros(frames, mel, dtype=torch.bool, device=spectrogram.device)
+    out = spectrogram.copy() if copy else spectrogram
     fill = spectrogram.mean()
+    occupied = np.zeros((frames, mel), dtype=bool)
     area = 0
     while area < budget:
-        height = mel if rng.random() < full_frequency_prob else rng.randint(1, max_height)
-        width = rng.randint(1, max_width)
+        height = mel if rng.random() < full_frequency_prob else rng.integers(1, max_height + 1)
+        width = rng.integers(1, max_width + 1)
         for _ in range(max_tries):
-            t0, f0 = rng.randint(0, frames - width), rng.randint(0, mel - height)
-            if not bool(occupied[t0 : t0 + width, f0 : f0 + height].any()):
+            t0, f0 = rng.integers(0, frames - width + 1), rng.integers(0, mel - height + 1)
+            if not occupied[t0 : t0 + width, f0 : f0 + height].any():
                 occupied[t0 : t0 + width, f0 : f0 + height] = True
                 out[t0 : t0 + width, f0 : f0 + height] = fill
                 area += width * height
@@ -47,62 +63,89 @@ def spec_mask_tensor_loop(spectrogram, budget, max_height, max_width, rng, full_
     return out
 
 
-def median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def count_syncs(function) -> int:
+    """Host synchronisations during one call of `function` (CUDA only)."""
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            function()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message).lower() for w in caught)
+
+
+def bench_setting(name: str, setting: dict, args) -> dict:
+    batch, frames, mel = setting["batch"], setting["frames"], setting["mel"]
+    kwargs = {k: setting[k] for k in ("budget", "max_height", "max_width")}
+    module = SpecMask(**kwargs)
+    data = np.random.default_rng(0).standard_normal((batch, frames, mel), dtype=np.float32)
+    tensor = torch.from_numpy(data.copy()).to(args.device)
+    scratch_np, scratch_t = data.copy(), tensor.clone()  # in-place rows write into these (masking a masked batch)
+    rng = np.random.default_rng(1)
+    generator = torch.Generator().manual_seed(1)
+
+    functions = {
+        "numpy loop": lambda: [spec_mask_numpy(x, **kwargs, rng=rng) for x in data],
+        "SpecMask": lambda: module(tensor, generator=generator),
+        "numpy loop, in place": lambda: [spec_mask_numpy(x, **kwargs, rng=rng, copy=False) for x in scratch_np],
+        "SpecMask, in place": lambda: module(scratch_t, generator=generator, inplace=True),
+        "SpecMask placement only": lambda: module.sample_masks(batch, frames, mel, generator, device=args.device),
+    }
+    ratios = {
+        "new tensor": ("numpy loop", "SpecMask"),
+        "in place": ("numpy loop, in place", "SpecMask, in place"),
+        "placement": ("numpy loop", "SpecMask placement only"),
+    }
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else None
+    times, ratio_stats = interleaved(functions, ratios, max_rounds=args.max_rounds, synchronize=sync)
+    result = {
+        "setting": f"{batch} x {frames} frames x {mel} mel, budget {kwargs['budget']}, max {kwargs['max_height']} "
+        f"mel x {kwargs['max_width']} frames",
+        "times": {k: v.as_dict() for k, v in times.items()},
+        "ratios": {k: v.as_dict() for k, v in ratio_stats.items()},
+    }
+    if args.device.startswith("cuda"):
+        result["host_syncs_per_call"] = count_syncs(lambda: module(tensor, generator=generator))
+    return result
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads; 0 keeps torch's default")
+    parser.add_argument("--max-rounds", type=int, default=30)
+    parser.add_argument("--settings", default="audioset,speech_commands")
+    parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    settings = SpecMask.AUDIOSET
-    module = SpecMask.audioset()
-    batch = torch.randn(args.batch, 1000, 128, generator=torch.Generator().manual_seed(0)).to(args.device)
-    generator = torch.Generator().manual_seed(1)
-    rng = random.Random(1)
-
-    def batched():
-        return module(batch, generator=generator)
-
-    def reference():
-        return [spec_mask_reference(x, **settings, rng=rng) for x in batch]
-
-    def tensor_loop():
-        return [spec_mask_tensor_loop(x, **settings, rng=rng) for x in batch]
-
-    batched(), tensor_loop()  # warm-up (first-call allocations)
-    t_batched = median_time(batched, args.repeats)
-    t_reference = median_time(reference, args.repeats)
-    t_tensor = median_time(tensor_loop, args.repeats)
-
-    print(
-        f"SpecMask, AudioSet preset (budget {settings['budget']}, max {settings['max_height']} x "
-        f"{settings['max_width']}), batch {args.batch} x 1000 frames x 128 mel, device {args.device}, "
-        f"torch threads {torch.get_num_threads()}, median of {args.repeats}"
-    )
-    print(f"{'method':<40} {'time (ms)':>10} {'batched speed-up':>18}")
-    print(f"{'SpecMask (batched)':<40} {1e3 * t_batched:>10.1f} {1.0:>17.1f}x")
-    print(
-        f"{'spec_mask_reference loop (pure Python)':<40} {1e3 * t_reference:>10.1f} {t_reference / t_batched:>17.1f}x"
-    )
-    print(f"{'tensor-slicing loop (information)':<40} {1e3 * t_tensor:>10.1f} {t_tensor / t_batched:>17.1f}x")
-    ratio = t_reference / t_batched
-    print(f"ratio reference / batched = {ratio:.1f}x (target >= 10x): {'PASS' if ratio >= 10 else 'FAIL'}")
+    load_before = load_average()
+    results = {"device": args.device, "threads": torch.get_num_threads(), "settings": {}}
+    print(f"SpecMask vs Algorithm 1 per sample in numpy; device {args.device}, torch threads {torch.get_num_threads()}")
+    for name in args.settings.split(","):
+        result = bench_setting(name, SETTINGS[name], args)
+        results["settings"][name] = result
+        print(f"\n{name}: {result['setting']}")
+        print(f"{'row':<28}{'median ms':>11}{'spread':>8}{'rounds':>8}")
+        for row, stat in result["times"].items():
+            print(f"{row:<28}{1e3 * stat['median']:>11.2f}{stat['spread']:>8.2f}{stat['rounds']:>8}")
+        for key, stat in result["ratios"].items():
+            verdict = "" if key == "placement" else ("PASS" if stat["median"] >= TARGET else "FAIL")
+            noisy = " (noisy: not a finding)" if stat["noisy"] else ""
+            print(f"speed-up over the numpy loop, {key}: {stat['median']:.2f}x (spread {stat['spread']:.2f})"
+                  f"{noisy} {verdict}".rstrip())  # fmt: skip
+        if "host_syncs_per_call" in result:
+            print(f"host synchronisations per SpecMask call (CUDA): {result['host_syncs_per_call']}")
+    if not args.device.startswith("cuda"):
+        print("\nCUDA: not measured here (no GPU); run with --device cuda to count host synchronisations.")
+    results["load_average"] = {"before": load_before, "after": load_average()}
+    print(f"load average before / after: {load_before} / {results['load_average']['after']}")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=2)
 
 
 if __name__ == "__main__":
