@@ -50,6 +50,12 @@ class AaPEViTConfig(PreTrainedConfig):
             fine-tuning.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the truncated normal initialisation of weights.
+        initializer_scheme (`str`, *optional*, defaults to `"pytorch"`):
+            How linear and convolution layers are initialised when a model is built from a configuration (loading
+            weights is unaffected). `"pytorch"`: PyTorch's own layer defaults (uniform in `+-1/sqrt(fan_in)`), whose
+            scale follows each layer's width: at ViT-B width it matches `"vit"`, and narrow models train from scratch
+            as fast as a plain PyTorch ViT (benchmarks/bench_from_scratch.py). `"vit"`: truncated normal with
+            `initializer_range` everywhere (ViT / DeiT / EAT's ViT-B). Inferred: the paper does not say.
         layer_norm_eps (`float`, *optional*, defaults to 1e-6):
             Epsilon of the layer normalisations (ViT / AudioMAE / EAT value).
         qkv_bias (`bool`, *optional*, defaults to `True`):
@@ -203,6 +209,7 @@ class AaPEViTConfig(PreTrainedConfig):
     attention_probs_dropout_prob: float | int = 0.0
     drop_path_rate: float | int = 0.0
     initializer_range: float = 0.02
+    initializer_scheme: str = "pytorch"
     layer_norm_eps: float = 1e-6
     qkv_bias: bool = True
     patch_size: int | list[int] | tuple[int, int] = 16

@@ -40,6 +40,13 @@ class FFTPASTConfig(PatchingConfigMixin, PreTrainedConfig):
             Stochastic depth rate of the last layer (linearly increasing from 0 over the layers). AST uses none.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the truncated normal initialisation of weights.
+        initializer_scheme (`str`, *optional*, defaults to `"pytorch"`):
+            How linear and convolution layers are initialised when a model is built from a configuration (loading
+            weights is unaffected). `"pytorch"`: PyTorch's own layer defaults (uniform in `+-1/sqrt(fan_in)`), whose
+            scale follows each layer's width: at ViT-B width it matches `"vit"`, and narrow models trained from scratch
+            train as fast as a plain PyTorch ViT (benchmarks/bench_from_scratch.py). `"vit"`: truncated normal with
+            `initializer_range` everywhere, as ViT / DeiT / AST do (the weights AST starts from were trained that
+            way); with it a 96-wide model trained from scratch lags far behind. Inferred: the papers do not say.
         layer_norm_eps (`float`, *optional*, defaults to 1e-12):
             Epsilon of the layer normalisations (AST's value).
         qkv_bias (`bool`, *optional*, defaults to `True`):
@@ -69,6 +76,7 @@ class FFTPASTConfig(PatchingConfigMixin, PreTrainedConfig):
     attention_probs_dropout_prob: float | int = 0.0
     drop_path_rate: float | int = 0.0
     initializer_range: float = 0.02
+    initializer_scheme: str = "pytorch"
     layer_norm_eps: float = 1e-12
     qkv_bias: bool = True
     patch_size: int | list[int] | tuple[int, int] = (128, 10)

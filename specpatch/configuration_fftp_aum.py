@@ -82,6 +82,13 @@ class FFTPAuMConfig(PatchingConfigMixin, PreTrainedConfig):
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the truncated normal initialisation of the patch stem, class token, position
             embeddings and classifier.
+        initializer_scheme (`str`, *optional*, defaults to `"pytorch"`):
+            How linear and convolution layers are initialised when a model is built from a configuration (loading
+            weights is unaffected). `"pytorch"`: PyTorch's own layer defaults (uniform in `+-1/sqrt(fan_in)`), whose
+            scale follows each layer's width: at ViT-B width it matches `"vit"`, and narrow models trained from scratch
+            train as fast as a plain PyTorch ViT (benchmarks/bench_from_scratch.py). `"vit"`: truncated normal with
+            `initializer_range` everywhere, as ViT / DeiT / AST do (the weights AST starts from were trained that
+            way); with it a 96-wide model trained from scratch lags far behind. Inferred: the papers do not say.
         cls_position (`str`, *optional*, defaults to `"middle"`):
             Where the single class token is inserted among the `N` patch tokens: `"middle"` (index `N // 2`, AuM's
             choice, so that both scan directions reach it after half the sequence), `"head"` (0) or `"tail"` (`N`).
@@ -122,6 +129,7 @@ class FFTPAuMConfig(PatchingConfigMixin, PreTrainedConfig):
     drop_path_rate: float | int = 0.0
     hidden_dropout_prob: float | int = 0.0
     initializer_range: float = 0.02
+    initializer_scheme: str = "pytorch"
     cls_position: str = "middle"
     patch_size: int | list[int] | tuple[int, int] = (128, 10)
     frequency_stride: int = 128

@@ -284,7 +284,7 @@ class AaPEViTPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
-        init_transformer_weights(module, std)
+        init_transformer_weights(module, std, self.config.initializer_scheme)
         if isinstance(module, AaPEViTEmbeddings):
             if module.cls_token is not None:
                 init.trunc_normal_(module.cls_token, std=std)

@@ -74,7 +74,7 @@ class FFTPASTPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        init_transformer_weights(module, self.config.initializer_range)
+        init_transformer_weights(module, self.config.initializer_range, self.config.initializer_scheme)
         if isinstance(module, FFTPASTEmbeddings):
             # ViT / DeiT start: small random tokens and position embeddings, so positions are distinguishable.
             init.trunc_normal_(module.cls_token, std=self.config.initializer_range)

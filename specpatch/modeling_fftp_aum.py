@@ -239,7 +239,7 @@ class FFTPAuMPreTrainedModel(PreTrainedModel):
         config = self.config
         # Patch stem and classifier: ViT / AST truncated normal (also applied first to the mixers' layers, which
         # the mixer branch below then re-initialises the Mamba way, since children are initialised first).
-        init_transformer_weights(module, config.initializer_range)
+        init_transformer_weights(module, config.initializer_range, config.initializer_scheme)
         if isinstance(module, FFTPAuMEmbeddings):
             init.trunc_normal_(module.cls_token, std=config.initializer_range)
             init.trunc_normal_(module.position_embeddings, std=config.initializer_range)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -300,15 +302,37 @@ class TransformerEncoder(nn.Module):
         return hidden_states, all_hidden_states, all_attentions
 
 
-def init_transformer_weights(module: nn.Module, initializer_range: float) -> None:
-    """Initialises the standard layers the way ViT / AST do (truncated normal linear and conv weights, zero biases,
-    unit LayerNorm). Called from each model's `_init_weights`, which handles its own custom parameters."""
+INITIALIZER_SCHEMES = ("pytorch", "vit")
+
+
+def init_transformer_weights(module: nn.Module, initializer_range: float, scheme: str = "vit") -> None:
+    """Initialises the standard layers (linear and convolution weights and biases, unit LayerNorm / GroupNorm).
+    Called from each model's `_init_weights`, which handles its own custom parameters.
+
+    `scheme="pytorch"`: PyTorch's own defaults of `nn.Linear` / `nn.Conv*d` (`kaiming_uniform_(a=sqrt(5))`, i.e.
+    uniform in `+-1/sqrt(fan_in)`, biases uniform in the same range): the weight scale follows each layer's fan-in,
+    so narrow models start with the same signal scale as wide ones (1/sqrt(3 * 768) = 0.0208 at ViT-B width, the
+    same scale as the ViT value below). `scheme="vit"`: ViT / DeiT / AST's truncated normal with a fixed
+    `initializer_range` whatever the width, and zero biases (right for ViT-B; too small for narrow models trained
+    from scratch, see the configurations' `initializer_scheme`).
+    """
     from transformers import initialization as init
 
+    if scheme not in INITIALIZER_SCHEMES:
+        raise ValueError(f"`initializer_scheme` must be one of {INITIALIZER_SCHEMES}, got {scheme!r}.")
     if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-        init.trunc_normal_(module.weight, mean=0.0, std=initializer_range)
-        if module.bias is not None:
-            init.zeros_(module.bias)
+        if scheme == "pytorch":
+            # What `reset_parameters()` of these layers does, through transformers' guarded init functions (so
+            # weights loaded from a checkpoint are left alone).
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            if module.bias is not None:
+                fan_in = module.weight[0].numel()
+                bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+                init.uniform_(module.bias, -bound, bound)
+        else:
+            init.trunc_normal_(module.weight, mean=0.0, std=initializer_range)
+            if module.bias is not None:
+                init.zeros_(module.bias)
     elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
         if module.weight is not None:
             init.ones_(module.weight)

@@ -1,0 +1,214 @@
+"""From-scratch training at small width: our models against a minimal reference ViT (FFTP paper, Table I direction).
+
+One run trains every row with the same budget (steps x batch), optimiser, schedule, data order and features on the
+offline spoken-keyword task (benchmarks/keyword_task.py: 35 words, held-out speakers, noise), and prints the
+held-out accuracy side by side:
+
+- `reference-vit`: a minimal ViT written here in plain PyTorch modules (`nn.TransformerEncoderLayer`, PyTorch's
+  default initialisation) with the same FFTP patch stem: what a user would write instead of using specpatch.
+- `fftp-ast`, `square-ast`: our FFTPASTForAudioClassification with full-frequency patches and with AST's 16 x 16
+  square patches (stride 10), both without masking (Table I rows 1-2).
+- `fftp-ast+specaugment`, `fftp-ast+specmask`: FFTP with the paper's Speech Commands masking (Table I rows 3-4).
+- `fftp-ast(vit-init)`: ours with `initializer_scheme="vit"` (truncated normal 0.02 everywhere, the old default).
+- `--extended` adds `fftp-aum`, `fftp-aum+specmask` and `aape-vit` (standard and AaPE patch embedding).
+
+Targets (issue 10): ours within 2 points of the reference, FFTP above square, SpecMask above SpecAugment.
+
+    python benchmarks/bench_from_scratch.py                  # ~10-15 min on 2 cores
+    python benchmarks/bench_from_scratch.py --seeds 0 1 2    # mean over seeds
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from keyword_task import make_keyword_task  # noqa: E402
+
+from specpatch import (  # noqa: E402
+    AaPEViTConfig,
+    AaPEViTForAudioClassification,
+    FFTPASTConfig,
+    FFTPASTForAudioClassification,
+    FFTPAuMConfig,
+    FFTPAuMForAudioClassification,
+    SpecAugment,
+    SpecMask,
+    SpecPatchFeatureExtractor,
+)
+
+NUM_FRAMES = 128  # the papers' Speech Commands input: 128 frames x 128 mel bins
+NUM_MEL = 128
+
+
+class ReferenceViT(nn.Module):
+    """A minimal ViT in plain PyTorch with PyTorch's default initialisation (the baseline a user would write)."""
+
+    def __init__(self, num_labels, width, depth, heads, mlp, patch, stride):
+        super().__init__()
+        self.stem = nn.Conv2d(1, width, patch, stride)
+        grid = ((NUM_MEL - patch[0]) // stride[0] + 1) * ((NUM_FRAMES - patch[1]) // stride[1] + 1)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos = nn.Parameter(torch.randn(1, grid + 1, width) * 0.02)
+        layer = nn.TransformerEncoderLayer(width, heads, mlp, dropout=0.0, activation="gelu", batch_first=True,
+                                           norm_first=True)  # fmt: skip
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, num_labels)
+
+    def forward(self, input_values):  # (batch, frames, mel)
+        x = self.stem(input_values.transpose(1, 2).unsqueeze(1)).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], dim=1) + self.pos
+        return self.head(self.norm(self.encoder(x))[:, 0])
+
+
+def build_model(row: str, num_labels: int, args) -> nn.Module:
+    width, depth, heads = args.width, args.depth, args.heads
+    common = dict(hidden_size=width, num_hidden_layers=depth, num_labels=num_labels, max_length=NUM_FRAMES)
+    fftp = dict(patch_size=(NUM_MEL, args.patch_time), frequency_stride=NUM_MEL, time_stride=args.time_stride)
+    name = row.split("+")[0]
+    if name == "reference-vit":
+        return ReferenceViT(num_labels, width, depth, heads, 4 * width, (NUM_MEL, args.patch_time),
+                            (NUM_MEL, args.time_stride))  # fmt: skip
+    if name in ("fftp-ast", "fftp-ast(vit-init)", "square-ast"):
+        patching = fftp if name != "square-ast" else dict(patch_size=16, frequency_stride=10, time_stride=10)
+        extra = {"initializer_scheme": "vit"} if name == "fftp-ast(vit-init)" else {}
+        config = FFTPASTConfig(**common, **patching, num_attention_heads=heads, intermediate_size=4 * width, **extra)
+        return FFTPASTForAudioClassification(config)
+    if name == "fftp-aum":
+        return FFTPAuMForAudioClassification(FFTPAuMConfig(**common, **fftp))
+    if name.startswith("aape-vit"):
+        embedding = "aape" if name == "aape-vit(aape)" else "standard"
+        config = AaPEViTConfig(hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads,
+                               intermediate_size=4 * width, num_labels=num_labels, max_length=NUM_FRAMES,
+                               patch_embedding_type=embedding)  # fmt: skip
+        return AaPEViTForAudioClassification(config)
+    raise ValueError(f"unknown row {row!r}")
+
+
+def build_masking(row: str):
+    if row.endswith("+specmask"):
+        return SpecMask(**SpecMask.SPEECH_COMMANDS)  # budget 1,024, max 128 x 16
+    if row.endswith("+specaugment"):
+        return SpecAugment(freq_mask_param=5, time_mask_param=15)  # the paper's FFTP Speech Commands setting
+    return None
+
+
+def features(audio: np.ndarray, extractor, batch: int = 256) -> torch.Tensor:
+    out = [extractor(list(audio[i : i + batch]), sampling_rate=16000, return_tensors="pt")["input_values"]
+           for i in range(0, len(audio), batch)]  # fmt: skip
+    return torch.cat(out)
+
+
+def logits_of(model, x):
+    out = model(input_values=x)
+    return out if isinstance(out, torch.Tensor) else out.logits
+
+
+def train_and_evaluate(row, seed, data, args):
+    train_x, train_y, test_x, test_y, num_labels = data
+    torch.manual_seed(seed)
+    model = build_model(row, num_labels, args)
+    masking = build_masking(row)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    warmup = max(1, int(0.1 * args.steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / (args.steps - warmup)))
+    )  # fmt: skip
+    order = torch.Generator().manual_seed(1000 + seed)  # same data order and masks for every row of a seed
+    mask_generator = torch.Generator().manual_seed(2000 + seed)
+    start = time.perf_counter()
+    model.train()
+    for step in range(args.steps):
+        index = torch.randint(len(train_x), (args.batch_size,), generator=order)
+        x = train_x[index]
+        if masking is not None:
+            x = masking(x, generator=mask_generator)
+        loss = nn.functional.cross_entropy(logits_of(model, x), train_y[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+    train_time = time.perf_counter() - start
+    model.eval()
+    with torch.no_grad():
+        predictions = torch.cat([logits_of(model, test_x[i : i + 256]).argmax(-1) for i in range(0, len(test_x), 256)])
+    return (predictions == test_y).float().mean().item() * 100, loss.item(), train_time
+
+
+DEFAULT_ROWS = ["reference-vit", "fftp-ast", "fftp-ast(vit-init)", "square-ast", "fftp-ast+specaugment",
+                "fftp-ast+specmask"]  # fmt: skip
+EXTENDED_ROWS = ["fftp-aum", "fftp-aum+specmask", "aape-vit(standard)", "aape-vit(aape)"]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", nargs="+", help=f"Rows to train (default: {' '.join(DEFAULT_ROWS)}).")
+    parser.add_argument("--extended", action="store_true", help=f"Also {' '.join(EXTENDED_ROWS)}.")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--weight_decay", type=float, default=0.05)
+    parser.add_argument("--width", type=int, default=96)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--patch_time", type=int, default=10, help="FFTP patch: 128 mel x this many frames.")
+    parser.add_argument("--time_stride", type=int, default=4, help="FFTP time stride (30 patches on 128 frames).")
+    parser.add_argument("--num_words", type=int, default=35)
+    parser.add_argument("--threads", type=int, default=1, help="Torch threads (1 is fastest on a shared machine).")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows = args.rows or DEFAULT_ROWS + (EXTENDED_ROWS if args.extended else [])
+
+    task = make_keyword_task(num_words=args.num_words)
+    raw = SpecPatchFeatureExtractor(max_length=NUM_FRAMES, do_normalize=False)
+    train_raw = features(task.train_audio, raw)
+    mean, std = train_raw.mean().item(), train_raw.std().item()  # AST's normalisation, training-set statistics
+    norm = lambda x: (x - mean) / (2 * std)  # noqa: E731
+    data = (norm(train_raw), torch.as_tensor(task.train_labels), norm(features(task.test_audio, raw)),
+            torch.as_tensor(task.test_labels), task.num_labels)  # fmt: skip
+    print(f"keyword task: {len(task.train_audio)} train clips ({len(set(task.train_speakers))} speakers), "
+          f"{len(task.test_audio)} test clips ({len(set(task.test_speakers))} held-out speakers), {task.num_labels} "
+          f"words; {args.steps} steps x {args.batch_size}, AdamW lr {args.learning_rate}, width {args.width}, "
+          f"depth {args.depth}; chance {100 / task.num_labels:.1f} %; load {os.getloadavg()[0]:.1f}", flush=True)
+
+    results = {row: [] for row in rows}
+    for seed in args.seeds:  # seeds outermost: every row of a seed sees the same batches and masks
+        for row in rows:
+            accuracy, loss, seconds = train_and_evaluate(row, seed, data, args)
+            results[row].append(accuracy)
+            print(f"  seed {seed} {row:24s} accuracy {accuracy:5.1f} %  final loss {loss:.3f}  {seconds:6.1f} s",
+                  flush=True)  # fmt: skip
+
+    print(f"\n| row | held-out accuracy (%), mean over seeds {args.seeds} |\n|---|---|")
+    mean_of = {row: float(np.mean(v)) for row, v in results.items()}
+    for row in rows:
+        spread = f" (+- {np.std(results[row]):.1f})" if len(results[row]) > 1 else ""
+        print(f"| {row} | {mean_of[row]:.1f}{spread} |")
+    checks = []
+    if "reference-vit" in mean_of and "fftp-ast" in mean_of:
+        gap = mean_of["fftp-ast"] - mean_of["reference-vit"]
+        checks.append(f"fftp-ast - reference-vit = {gap:+.1f} points (target >= -2): {'PASS' if gap >= -2 else 'FAIL'}")
+    if "square-ast" in mean_of and "fftp-ast" in mean_of:
+        gap = mean_of["fftp-ast"] - mean_of["square-ast"]
+        checks.append(f"fftp-ast - square-ast = {gap:+.1f} points (target > 0): {'PASS' if gap > 0 else 'FAIL'}")
+    if "fftp-ast+specmask" in mean_of and "fftp-ast+specaugment" in mean_of:
+        gap = mean_of["fftp-ast+specmask"] - mean_of["fftp-ast+specaugment"]
+        checks.append(f"specmask - specaugment = {gap:+.1f} points (target > 0): {'PASS' if gap > 0 else 'FAIL'}")
+    for line in checks:
+        print(line)
+    return results
+
+
+if __name__ == "__main__":
+    main()
