@@ -1,25 +1,27 @@
 """Feature extraction speed: transformers' `ASTFeatureExtractor` against `SpecPatchFeatureExtractor` on CPU.
 
 A batch of 32 ten-second clips at 16 kHz (noise, tones and chirps) goes through both extractors in this process, on
-the same audio, with torch's default number of threads. Without torchaudio, `ASTFeatureExtractor` computes its
-Kaldi fbank with transformers' per-frame numpy `spectrogram`; ours computes the same features as one batched torch
-graph. Each extractor runs `--repeats` times, interleaved, and the fastest run of each is reported (the minimum is
-the figure least disturbed by other load on the machine), with the speed-up ratio and the largest absolute
-difference between the two outputs. The AaPE log-mel front end is timed too.
+the same audio, with torch's default number of threads. `ASTFeatureExtractor` uses torchaudio's Kaldi fbank when
+torchaudio is installed and otherwise transformers' per-frame numpy `spectrogram`: the script measures the path this
+environment gives a user and prints which (the project does not depend on torchaudio, so numpy is the usual one);
+ours computes the same features as one batched torch graph. The extractors run interleaved, repeated until the
+spread is small (`benchmarks/timing.py`); the speed-up is the median of per-round ratios, marked noisy if it stays
+spread out, with the largest absolute difference between the two outputs. The AaPE log-mel front end is timed too.
 
-    python benchmarks/bench_features.py [--repeats 5] [--batch-size 32] [--seconds 10] [--threads N]
+    python benchmarks/bench_features.py [--repeats 5] [--batch-size 32] [--seconds 10] [--threads N] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
-import time
 import warnings
 
 import numpy as np
 import torch
 from transformers import ASTFeatureExtractor
+from timing import interleaved, load_average
 from transformers.utils import is_speech_available
 
 from specpatch.feature_extraction_specpatch import SpecPatchFeatureExtractor
@@ -43,15 +45,11 @@ def make_batch(batch_size: int, seconds: float, seed: int = 0) -> np.ndarray:
     return np.stack(clips).astype(np.float32)
 
 
-def time_call(fn) -> tuple[float, object]:
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="minimum interleaved rounds")
+    parser.add_argument("--max-rounds", type=int, default=15)
+    parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
@@ -70,30 +68,49 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
     )
-    print(f"ASTFeatureExtractor backend: {'torchaudio' if is_speech_available() else 'numpy (transformers)'}")
-    print(f"batch: {args.batch_size} clips x {args.seconds:g} s at {SR} Hz, {args.repeats} repeats, fastest shown")
+    backend = "torchaudio" if is_speech_available() else "numpy (transformers)"
+    print(f"ASTFeatureExtractor backend: {backend}")
+    load_before = load_average()
 
-    # Warm-up (first-call allocations, filter banks).
-    ours(clips[:2], sampling_rate=SR)
-    logmel(clips[:2], sampling_rate=SR)
+    def run(extractor):
+        return lambda: extractor(clips, sampling_rate=SR, return_tensors="np")["input_values"]
 
-    ast_times, ours_times, logmel_times = [], [], []
-    for _ in range(args.repeats):
-        seconds, ast_out = time_call(lambda: ast(clips, sampling_rate=SR, return_tensors="np")["input_values"])
-        ast_times.append(seconds)
-        seconds, ours_out = time_call(lambda: ours(clips, sampling_rate=SR, return_tensors="np")["input_values"])
-        ours_times.append(seconds)
-        seconds, _ = time_call(lambda: logmel(clips, sampling_rate=SR, return_tensors="np")["input_values"])
-        logmel_times.append(seconds)
-
-    ast_best, ours_best, logmel_best = min(ast_times), min(ours_times), min(logmel_times)
-    max_abs_diff = float(np.abs(ast_out - ours_out).max())
+    functions = {"ASTFeatureExtractor": run(ast), "SpecPatch kaldi": run(ours), "SpecPatch logmel": run(logmel)}
+    ratios = {"kaldi": ("ASTFeatureExtractor", "SpecPatch kaldi"), "logmel": ("ASTFeatureExtractor", "SpecPatch logmel")}
+    times, speedups = interleaved(functions, ratios, min_rounds=args.repeats, max_rounds=args.max_rounds)
+    max_abs_diff = float(np.abs(functions["ASTFeatureExtractor"]() - functions["SpecPatch kaldi"]()).max())
+    rounds = times["ASTFeatureExtractor"].rounds
+    print(f"batch: {args.batch_size} clips x {args.seconds:g} s at {SR} Hz, {rounds} interleaved rounds, medians")
     print(f"{'extractor':<34}{'time (s)':>10}{'speed-up':>10}")
-    print(f"{'ASTFeatureExtractor':<34}{ast_best:>10.3f}{1.0:>9.1f}x")
-    print(f"{'SpecPatch kaldi (batched torch)':<34}{ours_best:>10.3f}{ast_best / ours_best:>9.1f}x")
-    print(f"{'SpecPatch logmel (AaPE)':<34}{logmel_best:>10.3f}{ast_best / logmel_best:>9.1f}x")
-    print(f"output shape {tuple(ours_out.shape)}, max |AST - ours| = {max_abs_diff:.2e}")
-    print(f"speed-up kaldi vs ASTFeatureExtractor: {ast_best / ours_best:.1f}x (target >= 10x)")
+    print(f"{'ASTFeatureExtractor':<34}{times['ASTFeatureExtractor'].median:>10.3f}{1.0:>9.1f}x")
+    print(f"{'SpecPatch kaldi (batched torch)':<34}{times['SpecPatch kaldi'].median:>10.3f}"
+          f"{speedups['kaldi'].median:>9.1f}x{speedups['kaldi'].mark()}")  # fmt: skip
+    print(f"{'SpecPatch logmel (AaPE)':<34}{times['SpecPatch logmel'].median:>10.3f}"
+          f"{speedups['logmel'].median:>9.1f}x{speedups['logmel'].mark()}")  # fmt: skip
+    print(f"output shape {(args.batch_size, ours.max_length, ours.num_mel_bins)}, max |AST - ours| = {max_abs_diff:.2e}")
+    kaldi = speedups["kaldi"]
+    print(
+        f"speed-up kaldi vs ASTFeatureExtractor: {kaldi.median:.1f}x (spread {kaldi.spread:.2f}{', noisy' if kaldi.noisy else ''}; "
+        f"target >= 10x)"
+    )
+    load_after = load_average()
+    print(f"load average before / after: {load_before} / {load_after}")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(
+                {
+                    "backend": backend,
+                    "threads": torch.get_num_threads(),
+                    "clips": args.batch_size,
+                    "seconds": args.seconds,
+                    "times": {k: v.as_dict() for k, v in times.items()},
+                    "speedups": {k: v.as_dict() for k, v in speedups.items()},
+                    "max_abs_difference": max_abs_diff,
+                    "load_average": {"before": load_before, "after": load_after},
+                },
+                handle,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":
