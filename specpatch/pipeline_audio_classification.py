@@ -24,6 +24,8 @@ are unchanged. `import specpatch` makes this the implementation of the `"audio-c
 
 from __future__ import annotations
 
+import sys
+
 import torch
 from transformers.pipelines.audio_classification import AudioClassificationPipeline
 
@@ -100,6 +102,10 @@ class SpecPatchAudioClassificationPipeline(AudioClassificationPipeline):
             import httpx
 
             inputs = httpx.get(inputs, follow_redirects=True).content
+        torchcodec = sys.modules.get("torchcodec")  # an AudioDecoder input means torchcodec is already imported
+        if torchcodec is not None and isinstance(inputs, torchcodec.decoders.AudioDecoder):
+            samples = inputs.get_all_samples()
+            inputs = {"array": samples.data, "sampling_rate": samples.sample_rate}
         window = model_window_samples(extractor) if chunk_length_s is None else int(round(chunk_length_s * rate))
         if stride_length_s is None:
             left = right = window // 4

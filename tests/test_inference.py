@@ -145,6 +145,19 @@ def test_pipeline_bad_input(tmp_path, model_type):
         classifier(np.full(1000, np.nan, dtype=np.float32))
 
 
+def test_pipeline_takes_a_torchcodec_decoder(tmp_path):
+    from torchcodec.decoders import AudioDecoder
+
+    _save(tmp_path, "fftp_ast")
+    classifier = pipeline("audio-classification", model=str(tmp_path))
+    path = tmp_path / "clip.wav"
+    soundfile.write(path, np.stack([_audio(1.0, rate=22050)] * 2, axis=1), 22050)
+    from_decoder = classifier(AudioDecoder(str(path)), top_k=3)
+    from_path = classifier(str(path), top_k=3)
+    assert [s["label"] for s in from_decoder] == [s["label"] for s in from_path]
+    np.testing.assert_allclose([s["score"] for s in from_decoder], [s["score"] for s in from_path], atol=1e-4)
+
+
 def _local_encoder(model):
     """Zeroes every residual branch, so each output token depends on its own patch only: a test of the token layout."""
     for name, parameter in model.named_parameters():
