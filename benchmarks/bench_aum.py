@@ -31,9 +31,13 @@ from transformers import MambaConfig
 from transformers.models.mamba.modeling_mamba import MambaMixer
 from transformers.utils import logging as hf_logging
 
+from timing import interleaved, load_average
+
+from specpatch import FFTPASTConfig, FFTPASTForAudioClassification
 from specpatch.configuration_fftp_aum import FFTPAuMConfig
 from specpatch.configuration_patching import TABLE_II_PRESETS
 from specpatch.modeling_fftp_aum import FFTPAuMForAudioClassification, FFTPAuMMixer
+from specpatch.selective_scan import selective_scan_torch
 
 NUM_LABELS = 527
 
@@ -120,6 +124,8 @@ def bench_mixer(args) -> dict:
 
 
 def bench_model(args) -> dict:
+    """Forward latency per Table II patching, rows interleaved until their spread is small; ratios to square-1212
+    are medians of per-round ratios (noisy ones marked). Latency should grow with the patch count: `monotone`."""
     torch.manual_seed(0)
     models, inputs, patches = {}, {}, {}
     for name in TABLE_II_PRESETS:
@@ -135,12 +141,132 @@ def bench_model(args) -> dict:
 
         return forward
 
-    latency = fastest({name: run(name) for name in models}, args.model_repeats)
-    square = latency["square-1212"]
-    return {
-        name: {"patches": patches[name], "latency_s": latency[name], "ratio_to_square": latency[name] / square}
-        for name in models
+    ratios = {name: (name, "square-1212") for name in models if name != "square-1212"}
+    times, to_square = interleaved(
+        {name: run(name) for name in models}, ratios, min_rounds=args.model_repeats, max_rounds=args.max_rounds
+    )
+    rows = {}
+    for name in models:
+        ratio = to_square.get(name)
+        rows[name] = {
+            "patches": patches[name],
+            "latency_s": times[name].median,
+            "ratio_to_square": ratio.median if ratio else 1.0,
+            "noisy": bool(times[name].noisy or (ratio is not None and ratio.noisy)),
+            "spread": times[name].spread,
+        }
+    return rows
+
+
+def mambapy_selective_scan(x, delta, A, B, C, D):
+    """mambapy's selective scan (`mambapy.mamba.MambaBlock.selective_scan`: `exp`, the pure-PyTorch Blelloch
+    `pscan` over full `(B, L, ED, N)` tensors, then `hs @ C`); the method uses nothing of its instance."""
+    from mambapy.mamba import MambaBlock
+
+    return MambaBlock.selective_scan(None, x, delta, A, B, C, D)
+
+
+def bench_scan(args) -> dict:
+    """Our selective scan vs mambapy's (PyPI `mambapy`, pure PyTorch), same inputs in mambapy's `(B, L, ED)` layout,
+    at the mixer benchmark's shape and at the training-step shape; forward (no grad) and forward + backward."""
+    try:
+        import mambapy  # noqa: F401
+    except ImportError:
+        return {"skipped": "mambapy is not installed (pip install -e .[bench])"}
+    shapes = {
+        "long sequence": (args.mixer_batch, args.tokens, args.expand * args.width, args.d_state),
+        "training batch": (args.step_batch, args.step_tokens, args.expand * args.step_width, args.d_state),
     }
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = {"threads": 1}
+    for label, (batch, length, inner, d_state) in shapes.items():
+        generator = torch.Generator().manual_seed(0)
+        x, B, C = (torch.randn(batch, length, n, generator=generator) for n in (inner, d_state, d_state))
+        delta = torch.rand(batch, length, inner, generator=generator) * 0.1
+        A, D = -torch.rand(inner, d_state, generator=generator) * 3, torch.randn(inner, generator=generator)
+        leaves = [t.requires_grad_() for t in (x, delta, A, B, C, D)]
+
+        def ours(x, delta, A, B, C, D):
+            t = [v.transpose(1, 2) for v in (x, delta, B, C)]
+            return selective_scan_torch(t[0], t[1], A, t[2], t[3], D).transpose(1, 2)
+
+        def forward(function):
+            def run():
+                with torch.no_grad():
+                    function(*leaves)
+
+            return run
+
+        def forward_backward(function):
+            return lambda: function(*leaves).sum().backward()
+
+        with torch.no_grad():
+            difference = (ours(*leaves) - mambapy_selective_scan(*leaves)).abs().max().item()
+        functions = {
+            "mambapy forward": forward(mambapy_selective_scan),
+            "specpatch forward": forward(ours),
+            "mambapy fwd+bwd": forward_backward(mambapy_selective_scan),
+            "specpatch fwd+bwd": forward_backward(ours),
+        }
+        ratios = {"forward": ("mambapy forward", "specpatch forward"), "fwd+bwd": ("mambapy fwd+bwd", "specpatch fwd+bwd")}
+        times, speedups = interleaved(functions, ratios, min_rounds=3, max_rounds=args.max_rounds)
+        out[label] = {
+            "shape": f"batch {batch}, {length} steps, {inner} channels, d_state {d_state}",
+            "max_abs_difference": difference,
+            "times": {k: v.as_dict() for k, v in times.items()},
+            "speedups": {k: v.as_dict() for k, v in speedups.items()},
+        }
+    torch.set_num_threads(threads)
+    return out
+
+
+def bench_training_step(args) -> dict:
+    """One training step (forward, cross-entropy, backward, AdamW) of FFTP-AuM and FFTP-AST of the same width, depth
+    and patch count, side by side: 48 patches of 128 x 10 (time stride 2) from 104 frames, plus AuM's class token
+    (AST adds its class and distillation tokens: 50 tokens), batch `--step-batch`, 35 classes."""
+    common = {
+        "hidden_size": args.step_width, "num_hidden_layers": args.step_layers, "patch_size": (128, 10),
+        "time_stride": 2, "max_length": 104, "num_labels": 35,
+    }  # fmt: skip
+    torch.manual_seed(0)
+    models = {
+        "FFTP-AST": FFTPASTForAudioClassification(
+            FFTPASTConfig(num_attention_heads=3, intermediate_size=4 * args.step_width, **common)
+        ),
+        "FFTP-AuM": FFTPAuMForAudioClassification(FFTPAuMConfig(bimamba_type=args.bimamba_type, **common)),
+    }
+    inputs = torch.randn(args.step_batch, 104, 128)
+    labels = torch.randint(0, 35, (args.step_batch,))
+    optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4) for name, model in models.items()}
+
+    def step(name):
+        def run():
+            models[name](inputs, labels=labels).loss.backward()
+            optimizers[name].step()
+            optimizers[name].zero_grad(set_to_none=True)
+
+        return run
+
+    threads = torch.get_num_threads()
+    out = {
+        "setting": f"width {args.step_width}, {args.step_layers} layers, "
+        f"{models['FFTP-AuM'].config.num_patches} patches, batch {args.step_batch}, {args.bimamba_type}"
+    }
+    for count in sorted({1, threads}):
+        torch.set_num_threads(count)
+        times, ratio = interleaved(
+            {name: step(name) for name in models},
+            {"AuM / AST": ("FFTP-AuM", "FFTP-AST")},
+            min_rounds=5,
+            max_rounds=args.max_rounds,
+        )
+        out[_threads(count)] = {
+            "times": {k: v.as_dict() for k, v in times.items()},
+            "ratio": ratio["AuM / AST"].as_dict(),
+        }
+    torch.set_num_threads(threads)
+    return out
 
 
 def main() -> None:
@@ -159,6 +285,12 @@ def main() -> None:
     parser.add_argument("--size", default="tiny", choices=["tiny", "small", "base"])
     parser.add_argument("--bimamba-type", default="fo-bi", choices=["fo-bi", "bi-bi"])
     parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--max-rounds", type=int, default=15, help="most interleaved rounds per measurement")
+    parser.add_argument("--step-batch", type=int, default=64, help="training-step comparison: batch")
+    parser.add_argument("--step-width", type=int, default=96, help="training-step comparison: width")
+    parser.add_argument("--step-layers", type=int, default=4, help="training-step comparison: layers")
+    parser.add_argument("--step-tokens", type=int, default=49, help="scan comparison, training shape: steps")
+    parser.add_argument("--skip-step", action="store_true", help="skip the training-step and mambapy comparisons")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     hf_logging.set_verbosity_error()  # transformers warns that it falls back to its slow path: that is the point
@@ -168,6 +300,7 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
     )
+    load_before = load_average()
     mixer = bench_mixer(args)
     print(f"\n1. One Mamba direction ({mixer['shape']}), PyTorch paths on CPU")
     print(f"   outputs agree to {mixer['max_abs_output_difference']:.1e} (max abs difference)")
@@ -190,17 +323,52 @@ def main() -> None:
     for name, hf, ours, ratio, target in rows:
         print(f"   {name:<24}{hf * 1e3:>11.1f} ms{ours * 1e3:>9.1f} ms{ratio:>9.1f}x{target:>7}x")
 
-    results = {"mixer": mixer}
+    results = {"mixer": mixer, "load_average": {"before": load_before}}
+    if not args.skip_step:
+        scan = bench_scan(args)
+        results["scan"] = scan
+        print("\n3. Selective scan vs mambapy's pure-PyTorch pscan (`MambaBlock.selective_scan`), 1 thread")
+        if "skipped" in scan:
+            print(f"   skipped: {scan['skipped']}")
+        for label, row in scan.items():
+            if not isinstance(row, dict) or "speedups" not in row:
+                continue
+            print(f"   {label}: {row['shape']}; outputs agree to {row['max_abs_difference']:.1e}")
+            for key, target in (("forward", 5), ("fwd+bwd", None)):
+                stat, t = row["speedups"][key], row["times"]
+                print(
+                    f"   {key:<8} mambapy {t[f'mambapy {key}']['median'] * 1e3:8.1f} ms  specpatch "
+                    f"{t[f'specpatch {key}']['median'] * 1e3:7.1f} ms  speed-up {stat['median']:5.1f}x"
+                    f"{' (noisy)' if stat['noisy'] else ''}" + (f"  target >= {target}x" if target else "")
+                )
+        step = bench_training_step(args)
+        results["training_step"] = step
+        print(f"\n4. Training step (forward + backward + AdamW), FFTP-AuM vs FFTP-AST: {step['setting']}")
+        for key, row in step.items():
+            if not isinstance(row, dict):
+                continue
+            ratio = row["ratio"]
+            print(
+                f"   {key}: AST {row['times']['FFTP-AST']['median'] * 1e3:.0f} ms, AuM "
+                f"{row['times']['FFTP-AuM']['median'] * 1e3:.0f} ms, AuM / AST {ratio['median']:.2f}x "
+                f"(spread {ratio['spread']:.2f}{', noisy' if ratio['noisy'] else ''}; target <= 3x)"
+            )
     if not args.skip_model:
         model = bench_model(args)
         results["model"] = model
         print(
             f"\n2. FFTP-AuM-{args.size} ({args.bimamba_type}) forward latency per Table II patching, "
-            f"batch {args.batch_size} (fastest of {args.model_repeats})"
+            f"batch {args.batch_size} (medians of interleaved rounds)"
         )
         print(f"   {'configuration':<14}{'patches':>8}{'latency':>12}{'vs square':>11}")
         for name, row in model.items():
-            print(f"   {name:<14}{row['patches']:>8}{row['latency_s'] * 1e3:>9.1f} ms{row['ratio_to_square']:>10.3f}x")
+            noisy = " (noisy)" if row["noisy"] else ""
+            print(
+                f"   {name:<14}{row['patches']:>8}{row['latency_s'] * 1e3:>9.1f} ms"
+                f"{row['ratio_to_square']:>10.3f}x{noisy}"
+            )
+    results["load_average"]["after"] = load_average()
+    print(f"\nload average before / after: {load_before} / {results['load_average']['after']}")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=2)
