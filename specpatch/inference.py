@@ -215,15 +215,24 @@ def _decode_blocks_torchcodec(source, sampling_rate: int, soundfile_error: Excep
         raise ValueError(
             f"Could not decode audio from {_label(source)}. soundfile: {soundfile_error} | torchcodec: {err}"
         ) from err
+    duration = decoder.metadata.duration_seconds_from_header  # may be missing or inexact
     start = 0.0
     while True:
         stop = start + FILE_BLOCK_SECONDS
-        samples = decoder.get_samples_played_in_range(start, stop).data
+        last = duration is not None and stop >= duration
+        try:
+            # The last block reads to the end of the stream (past the header's duration if there is more).
+            samples = decoder.get_samples_played_in_range(start, None if last else stop).data
+        except RuntimeError as err:
+            if start > 0 and "No audio frames" in str(err):
+                return  # the previous block ended the stream exactly
+            raise
         block = samples.to(torch.float32).numpy().reshape(-1)
-        if block.size:
-            validate_waveform(block, name=f"decoded audio from {_label(source)}")
-            yield block
-        if block.size < int(0.5 * FILE_BLOCK_SECONDS * sampling_rate):
+        if block.size == 0:
+            return
+        validate_waveform(block, name=f"decoded audio from {_label(source)}")
+        yield block
+        if last:
             return
         start = stop
 

@@ -70,6 +70,27 @@ def test_streamed_file_windows_equal_in_memory_windows(tmp_path, monkeypatch, fi
         np.testing.assert_allclose(a[:n], b[:n], atol=tolerance, rtol=0)
 
 
+@pytest.mark.parametrize("seconds", [3.0, 3.3])  # 3.0 s: the stream ends exactly at a block boundary
+def test_streamed_torchcodec_windows_equal_whole_decoding(tmp_path, monkeypatch, seconds):
+    from torchcodec.encoders import AudioEncoder
+
+    from specpatch.audio_utils import load_audio
+
+    monkeypatch.setattr(inference, "FILE_BLOCK_SECONDS", 0.75)
+    path = str(tmp_path / "clip.m4a")  # AAC: libsndfile cannot read it, torchcodec (FFmpeg) decodes it
+    AudioEncoder(torch.from_numpy(_audio(seconds))[None], sample_rate=RATE).to_file(path)
+    with pytest.raises(soundfile.LibsndfileError):
+        soundfile.read(path)
+    whole, _ = load_audio(path, sampling_rate=RATE)
+    source = inference.make_source(path, RATE)
+    streamed = list(source.windows(16000, 6000))
+    assert source.num_samples == len(whole)
+    expected = list(inference.AudioSource(whole).windows(16000, 6000))
+    assert [s for s, _ in streamed] == [s for s, _ in expected]
+    for (_, a), (_, b) in zip(streamed, expected):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
+
+
 def test_file_windows_memory_stays_bounded(tmp_path, monkeypatch):
     monkeypatch.setattr(inference, "FILE_BLOCK_SECONDS", 2.0)
     path = tmp_path / "long.wav"
