@@ -18,9 +18,10 @@ puts the results back on the recording's time axis:
 * [`frame_scores`] / [`timestamp_embeddings`] / [`scene_embeddings`]: the same over a whole recording, with
   timestamps (token centres) on one regular grid across windows (see [`stitch_windows`]).
 
-Window layout: windows start every `hop` samples (`window_starts`); a recording no longer than one window is a
-single window; the last window may run past the end and is padded by the feature extractor (as a short clip is).
-Audio shorter than the front end's analysis window (25 ms) is zero-padded to it.
+Window layout ([`window_starts`]): windows start every `hop` samples while they end before the recording does, and
+one last window ends at the recording's end (for frame outputs its start is rounded down to a whole token stride, so
+every window's tokens lie on one grid); a recording no longer than one window is a single window, padded by the
+feature extractor as a short clip is. Audio shorter than the front end's analysis window (25 ms) is zero-padded.
 
 File paths are decoded in blocks (soundfile + a streaming soxr resampler, or torchcodec for formats libsndfile cannot
 read), so only one block plus one batch of windows is in memory, whatever the recording's length.
@@ -316,7 +317,7 @@ def _parts(model):
     return encoder, head
 
 
-def _special_token_slices(model_type: str, config, num_patches: int) -> tuple[int, ...]:
+def _special_token_indices(model_type: str, config, num_patches: int) -> tuple[int, ...]:
     """Indices of the non-patch tokens in the encoder's sequence (see the module docstring)."""
     if model_type == "fftp_ast":
         return (0, 1)  # class and distillation tokens, prepended (modeling_fftp_ast.FFTPASTEmbeddings)
@@ -347,7 +348,7 @@ def encode(model, input_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     outputs = encoder(input_values, return_dict=True)
     hidden = outputs.last_hidden_state
     num_f, num_t = encoder.embeddings.patch_embeddings.grid_size(input_values.shape[1])
-    special = _special_token_slices(model.config.model_type, model.config, num_f * num_t)
+    special = _special_token_indices(model.config.model_type, model.config, num_f * num_t)
     keep = torch.ones(hidden.shape[1], dtype=torch.bool, device=hidden.device)
     keep[list(special)] = False
     patches = hidden[:, keep]
