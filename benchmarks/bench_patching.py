@@ -5,9 +5,9 @@ columns:
   * "paper": the FFTP paper's convention (Table III), linear layers and the patch convolution only;
   * "full": the same plus attention's two matrix products. The counter has no formula for CPU SDPA kernels, so the
     count runs the model's eager attention path, whose products are plain batched matmuls.
-Latency is the fastest of interleaved runs in this process (the minimum is the figure least disturbed by other
-load on the machine), reported as a ratio to the square (1212-patch)
-configuration, so the figures compare on any machine. The square configuration is also timed against transformers'
+Latency rows run interleaved in this process and are repeated until their spread is small (`benchmarks/timing.py`);
+each is reported as a ratio to the square (1212-patch) configuration (median of per-round ratios, marked noisy if it
+stays spread out), so the figures compare on any machine. The square configuration is also timed against transformers'
 `ASTForAudioClassification` carrying the same weights.
 
     python benchmarks/bench_patching.py [--repeats 5] [--batch-size 1] [--json out.json]
@@ -18,9 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 
 import torch
+from timing import interleaved, load_average
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import ASTConfig, ASTForAudioClassification
 
@@ -43,25 +43,25 @@ def count_gmacs(model: torch.nn.Module, inputs: torch.Tensor) -> tuple[float, fl
     return (total - attention) / 2e9 / batch, total / 2e9 / batch
 
 
-def time_models(models: dict[str, torch.nn.Module], inputs: dict[str, torch.Tensor], repeats: int) -> dict:
-    """Fastest latency of each model, measured round-robin so that machine noise affects all alike."""
-    times = {name: [] for name in models}
-    with torch.inference_mode():
-        for name, model in models.items():  # warm-up
-            model(inputs[name])
-        for repeat in range(repeats):
-            # alternate the order so that no model always runs right after the same neighbour
-            order = list(models.items()) if repeat % 2 == 0 else list(models.items())[::-1]
-            for name, model in order:
-                start = time.perf_counter()
-                model(inputs[name])
-                times[name].append(time.perf_counter() - start)
-    return {name: min(values) for name, values in times.items()}
+def time_models(models: dict[str, torch.nn.Module], inputs: dict[str, torch.Tensor], repeats: int, max_rounds: int):
+    """Latency of each model and its ratio to square-1212 (median of per-round ratios), rows interleaved and
+    repeated until their spread is small (`benchmarks/timing.py`)."""
+
+    def run(name):
+        def forward():
+            with torch.inference_mode():
+                models[name](inputs[name])
+
+        return forward
+
+    ratios = {name: (name, "square-1212") for name in models if name != "square-1212"}
+    return interleaved({name: run(name) for name in models}, ratios, min_rounds=repeats, max_rounds=max_rounds)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="minimum interleaved rounds")
+    parser.add_argument("--max-rounds", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument(
@@ -90,21 +90,25 @@ def main() -> None:
     with torch.no_grad():
         difference = (models["square-1212"](inputs["square-1212"]).logits - ast(inputs["square-1212"]).logits).abs()
 
-    latency = time_models(models, inputs, args.repeats)
-    square = latency["square-1212"]
+    load_before = load_average()
+    times, to_square = time_models(models, inputs, args.repeats, args.max_rounds)
     print(f"# FFTP-AST patch configurations, ViT-B, batch {args.batch_size}, {torch.get_num_threads()} threads")
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}\n")
     print("| patching | patches | GMACs (linear+conv) | GMACs (with attention) | latency vs square |")
     print("|---|---:|---:|---:|---:|")
     for row in rows:
-        row["latency_s"] = latency[row["config"]]
-        row["speedup_vs_square"] = square / latency[row["config"]]
+        name = row["config"]
+        ratio = to_square.get(name)
+        row["latency_s"] = times[name].median
+        row["speedup_vs_square"] = 1 / ratio.median if ratio else 1.0
+        row["noisy"] = bool(times[name].noisy or (ratio is not None and ratio.noisy))
         print(
-            f"| {row['config']} | {row['patches']} | {row['gmacs_paper']:.2f} | {row['gmacs_full']:.2f} "
-            f"| {row['speedup_vs_square']:.2f}x faster |"
+            f"| {name} | {row['patches']} | {row['gmacs_paper']:.2f} | {row['gmacs_full']:.2f} "
+            f"| {row['speedup_vs_square']:.2f}x faster{' (noisy)' if row['noisy'] else ''} |"
         )
-    ratio_ast = latency["transformers-AST"] / square
-    speedup_248 = square / latency["fftp-248"]
+    ratio_ast = to_square["transformers-AST"].median
+    speedup_248 = 1 / to_square["fftp-248"].median
+    noisy = {"transformers_ast": to_square["transformers-AST"].noisy, "fftp248": to_square["fftp-248"].noisy}
     gmac_ratio_248 = rows[0]["gmacs_paper"] / next(r for r in rows if r["config"] == "fftp-248")["gmacs_paper"]
     print(
         f"\nsquare FFTP-AST vs transformers AST (same weights, max |logit diff| {difference.max():.1e}): "
@@ -116,7 +120,15 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
-                {"rows": rows, "transformers_ast_time_ratio": ratio_ast, "fftp248_speedup": speedup_248}, f, indent=2
+                {
+                    "rows": rows,
+                    "transformers_ast_time_ratio": ratio_ast,
+                    "fftp248_speedup": speedup_248,
+                    "noisy": noisy,
+                    "load_average": {"before": load_before, "after": load_average()},
+                },
+                f,
+                indent=2,
             )
 
 
