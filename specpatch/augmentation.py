@@ -16,7 +16,7 @@ Training-time augmentations shared by every specpatch model.
 
 - [`SpecMask`]: the patch-aligned spectrogram masking of the FFTP paper (Algorithm 1), batched and vectorised.
 - [`spec_mask_reference`]: a plain per-sample pure-Python transcription of Algorithm 1 (slow, obviously correct;
-  used by the tests and the benchmark).
+  the tests' oracle; benchmarks/bench_specmask.py times SpecMask against a per-sample numpy loop instead).
 - [`SpecAugment`]: torchaudio-style frequency / time masking with per-sample independent masks.
 - [`WaveformMixup`]: AST-style waveform mixup (mix with probability `prob`, lambda ~ Beta(alpha, alpha)).
 
@@ -24,9 +24,10 @@ The spectrogram augmentations are `torch.nn.Module`s that take and return the mo
 `(batch, frames, mel)` (time first, mel last), as produced by `SpecPatchFeatureExtractor`. They **apply whenever
 they are called**: they do not look at `self.training`, so the training code decides when to call them (do not
 call them at evaluation time). Every `forward` takes an optional `generator: torch.Generator`; the same generator
-state gives the same output. The random draws are made on the generator's device (CPU when no generator is given,
-using torch's global CPU generator), so a CPU generator gives identical masks for CPU and CUDA inputs; the
-per-cell work (painting the masks, filling) runs on the input's device.
+state gives the same output. SpecAugment and mixup draw on the generator's device (CPU when no generator is given,
+using torch's global CPU generator); SpecMask draws one seed from it for a numpy generator. Either way a CPU
+generator gives identical masks for CPU and CUDA inputs; the per-cell work (painting the masks, filling) runs on the
+input's device.
 """
 
 from __future__ import annotations
@@ -558,7 +559,7 @@ def spec_mask_reference(
     Plain per-sample pure-Python transcription of the FFTP paper's Algorithm 1 (SpecMask), for one spectrogram.
 
     Slow and obviously correct: nested Python lists for the spectrogram and the mask map `M`, Python's `random`,
-    and cell-by-cell overlap checks. The tests compare [`SpecMask`]'s statistics with it and the benchmark times it.
+    and cell-by-cell overlap checks. The tests compare [`SpecMask`]'s statistics with it.
 
     Args:
         spectrogram (`torch.Tensor` of shape `(frames, mel)`): one spectrogram in the models' layout.
