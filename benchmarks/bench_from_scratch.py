@@ -9,6 +9,7 @@ held-out accuracy side by side:
 - `fftp-ast`, `square-ast`: our FFTPASTForAudioClassification with full-frequency patches and with AST's 16 x 16
   square patches (stride 10), both without masking (Table I rows 1-2).
 - `fftp-ast+specaugment`, `fftp-ast+specmask`: FFTP with the paper's Speech Commands masking (Table I rows 3-4).
+- `reference-vit(square)`: the same minimal ViT with AST's square patches (is a gap to FFTP the patching's?).
 - `fftp-ast(vit-init)`: ours with `initializer_scheme="vit"` (truncated normal 0.02 everywhere, the old default).
 - `--extended` adds `fftp-aum`, `fftp-aum+specmask` and `aape-vit` (standard and AaPE patch embedding).
 
@@ -78,6 +79,8 @@ def build_model(row: str, num_labels: int, args) -> nn.Module:
     if name == "reference-vit":
         return ReferenceViT(num_labels, width, depth, heads, 4 * width, (NUM_MEL, args.patch_time),
                             (NUM_MEL, args.time_stride))  # fmt: skip
+    if name == "reference-vit(square)":
+        return ReferenceViT(num_labels, width, depth, heads, 4 * width, (16, 16), (10, 10))
     if name in ("fftp-ast", "fftp-ast(vit-init)", "square-ast"):
         patching = fftp if name != "square-ast" else dict(patch_size=16, frequency_stride=10, time_stride=10)
         extra = {"initializer_scheme": "vit"} if name == "fftp-ast(vit-init)" else {}
