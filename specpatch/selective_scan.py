@@ -392,9 +392,10 @@ def _plan(batch: int, length: int, dim: int, d_state: int, chunk_size: int, devi
 
 def _chunks_per_saved_state(chunk: int, sequential: bool) -> int:
     """The forward pass saves the state before every this many chunks for the backward pass, which recomputes the
-    ones in between: every chunk for the parallel scan (long chunks), about every 32 time steps for the step-by-step
-    mode (short chunks), so the saved states take at most half the memory of `u` (d_state 16)."""
-    return -(-32 // chunk) if sequential else 1
+    ones in between: every chunk for the parallel scan (long chunks), about every 16 time steps for the step-by-step
+    mode (short chunks), so the saved states take about the memory of `u` (d_state 16), and the backward pass's
+    buffers for one segment (its decays and states) stay small."""
+    return -(-16 // chunk) if sequential else 1
 
 
 def _sequential_scan_(a: torch.Tensor, x: torch.Tensor) -> None:
