@@ -81,7 +81,7 @@ RECIPE = {
     "learning_rate": 1e-3,
 }
 
-ROWS = ("aape", "random", "standard")
+ROWS = ("aape", "random", "standard", "logmel-stats")
 
 
 def run(command: list[str], log_path: str, threads: int) -> None:
@@ -127,6 +127,29 @@ def probe(model_dir: str, data_dir: str, out_dir: str, args) -> float:
         return float(json.load(f)["mean"])
 
 
+def logmel_statistics_probe(task, model_dir: str, args) -> float:
+    """Context row without any encoder: the same linear classifier (linear_probe.py's `train_linear`) on the mean and
+    standard deviation over time of every mel band of the same normalised log-mel input (256 features)."""
+    sys.path.insert(0, os.path.join(REPO, "examples"))
+    from linear_probe import train_linear
+    from transformers import AutoFeatureExtractor
+
+    extractor = AutoFeatureExtractor.from_pretrained(model_dir)
+
+    def features(audio):
+        rows = []
+        for start in range(0, len(audio), 256):
+            values = extractor(list(audio[start : start + 256]), sampling_rate=16000, return_tensors="pt")
+            spectrogram = torch.as_tensor(values["input_values"])  # (clips, frames, mel)
+            rows.append(torch.cat([spectrogram.mean(1), spectrogram.std(1)], 1))
+        return torch.cat(rows).numpy()
+
+    probe_args = argparse.Namespace(learning_rate=1e-3, steps=args.probe_steps, batch_size=128, seed=args.seed)
+    metrics = train_linear(features(task.train_audio), task.train_labels, features(task.test_audio), task.test_labels,
+                           task.num_labels, False, probe_args, torch.device("cpu"))  # fmt: skip
+    return float(metrics["accuracy"])
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
@@ -164,7 +187,7 @@ def main(argv=None) -> dict:
     model_dirs = {}
     for kind in ("aape", "standard"):
         row = kind
-        if row not in args.rows and not (kind == "aape" and "random" in args.rows):
+        if row not in args.rows and not (kind == "aape" and ({"random", "logmel-stats"} & set(args.rows))):
             continue
         t0 = time.time()
         out = os.path.join(work, f"pretrain-{kind}")
@@ -179,11 +202,15 @@ def main(argv=None) -> dict:
         random_encoder(model_dirs["aape"], model_dirs["random"], args.seed)
     for row in args.rows:
         t0 = time.time()
-        results[row] = probe(model_dirs[row], data_dir, os.path.join(work, f"probe-{row}"), args)
+        if row == "logmel-stats":
+            results[row] = logmel_statistics_probe(task, next(iter(model_dirs.values())), args)
+        else:
+            results[row] = probe(model_dirs[row], data_dir, os.path.join(work, f"probe-{row}"), args)
         timings[f"probe-{row}"] = time.time() - t0
         print(f"  probed {row}: {100 * results[row]:.1f} % ({timings[f'probe-{row}']:.0f} s)", flush=True)
 
-    labels = {"aape": "AaPE-ViT, pre-trained", "random": "AaPE-ViT, random init", "standard": "standard (SPE), pre-trained"}
+    labels = {"aape": "AaPE-ViT, pre-trained", "random": "AaPE-ViT, random init",
+              "standard": "standard (SPE), pre-trained", "logmel-stats": "log-mel band mean + std"}  # fmt: skip
     print(f"\nLinear-probe accuracy on held-out speakers ({task.num_labels} words, {args.steps} pre-training steps)")
     for row in args.rows:
         delta = f"{100 * (results[row] - results['random']):+6.1f}" if "random" in results and row != "random" else ""

@@ -865,13 +865,20 @@ class AaPEViTForPreTraining(AaPEViTPreTrainedModel):
     @torch.no_grad()
     def teacher_targets(self, input_values: torch.Tensor) -> torch.Tensor:
         """Teacher targets `(batch, patches, D)` of the unmasked clips (float32, no gradient)."""
+        return self._teacher_targets(input_values)[0]
+
+    @torch.no_grad()
+    def _teacher_targets(self, input_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patch targets `(batch, patches, D)` and utterance targets `(batch, D)`: the mean of the patch targets (EAT),
+        or of targets normalised over `config.utterance_target_instance_norm_axis` when that is set."""
         config = self.config
-        return self.teacher(
-            input_values,
-            config.teacher_instance_norm_axis,
-            config.teacher_target_layer_output,
-            config.teacher_average_top_k_layers,
-        )
+        outputs = self.teacher.layer_outputs(input_values, config.teacher_target_layer_output)
+        outputs = outputs[-(config.teacher_average_top_k_layers or len(outputs)) :]
+        targets = teacher_targets_from_layers(outputs, config.teacher_instance_norm_axis)
+        axis = config.utterance_target_instance_norm_axis
+        if axis is None or axis == config.teacher_instance_norm_axis:
+            return targets, targets.mean(1)
+        return targets, teacher_targets_from_layers(outputs, axis).mean(1)
 
     def forward(
         self,
@@ -915,7 +922,7 @@ class AaPEViTForPreTraining(AaPEViTPreTrainedModel):
             query_positions = sample_masked_subset(masked_index, config.predictor_query_ratio, generator)
         query_positions = query_positions.to(input_values.device)
 
-        targets = self.teacher_targets(input_values)  # once per clip
+        targets, utterance_targets = self._teacher_targets(input_values)  # once per clip
         student = self.aape_vit(input_values, bool_masked_pos=bool_masked_pos, return_dict=True).last_hidden_state
         class_token, visible_tokens = student[:, 0], student[:, 1:]
         clip = torch.arange(batch * num_views, device=input_values.device) // num_views
@@ -931,7 +938,7 @@ class AaPEViTForPreTraining(AaPEViTPreTrainedModel):
 
         # Utterance loss: the class token against the mean teacher target of its clip (EAT `cls_loss`).
         utterance = class_token if self.utterance_projection is None else self.utterance_projection(class_token)
-        utterance_errors = (utterance.float() - targets.mean(1)[clip]).square().sum(-1) * scale
+        utterance_errors = (utterance.float() - utterance_targets[clip]).square().sum(-1) * scale
         if config.utterance_loss_reduction == "sum":
             utterance_loss = utterance_errors.sum()  # EAT's effective weight, see the config field
         else:

@@ -216,6 +216,15 @@ def test_utterance_loss_uses_the_class_token_and_eat_scaling_is_selectable():
     torch.testing.assert_close(summed.masked_loss, output.masked_loss)
     projected = AaPEViTForPreTraining(tiny(utterance_projection=True))
     assert isinstance(projected.utterance_projection, torch.nn.Linear)
+    # ablation: the utterance target from per-token-normalised layers, the patch targets unchanged
+    model.config.utterance_loss_reduction = "mean"
+    model.config.utterance_target_instance_norm_axis = "channels"
+    with torch.no_grad():
+        other = model(inputs, bool_masked_pos=mask, generator=torch.Generator().manual_seed(0))
+        target = _slow_targets(model, inputs, axis="channels").mean(1).repeat_interleave(4, 0)
+    expected = (class_token - target).square().sum(-1) / math.sqrt(32)
+    torch.testing.assert_close(other.utterance_loss, expected.mean(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(other.masked_loss, output.masked_loss)
 
 
 def _slow_info_nce(embeddings, num_views, temperature):

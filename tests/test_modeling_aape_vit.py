@@ -71,6 +71,7 @@ def test_patch_embedding_parameter_counts_match_the_paper():
         ({"masked_sblu_input": "zeros"}, "masked_sblu_input"),
         ({"utterance_loss_reduction": "max"}, "utterance_loss_reduction"),
         ({"contrastive_negatives": "all"}, "contrastive_negatives"),
+        ({"utterance_target_instance_norm_axis": "time"}, "utterance_target_instance_norm_axis"),
     ],
 )
 def test_invalid_configs_raise(fields, message):
