@@ -163,7 +163,7 @@ def _empty_like(x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.empty(x.shape, np_type)).view(x.dtype)
 
 
-def _paint(target: torch.Tensor, values: torch.Tensor, boxes: _Boxes) -> None:
+def _paint(target: torch.Tensor, values: torch.Tensor, boxes: _Boxes, numpy_views: bool | None = None) -> None:
     """Sets the boxes' cells of the contiguous `(batch, frames, mel)` `target` to `values[sample]` (`values`:
     `(batch,)`, target's dtype) in place: two scatters (whole frame rows, then local cells) for the whole batch.
 
@@ -171,7 +171,7 @@ def _paint(target: torch.Tensor, values: torch.Tensor, boxes: _Boxes) -> None:
     such as bfloat16), which index far faster than torch's CPU indexing; on other devices the indices travel in one
     (pinned, non-blocking) copy, so painting adds no host synchronisation."""
     batch, frames, mel = target.shape
-    if target.device.type == "cpu":
+    if numpy_views if numpy_views is not None else target.device.type == "cpu":
         if target.dtype != torch.bool:
             int_type = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[target.element_size()]
             target, values = target.view(int_type), values.view(int_type)

@@ -430,12 +430,13 @@ def test_paint_matches_loop():
     boxes = _box_indices(sample, t0, t0 + w, f0, f0 + h, draw.full_frequency[placed].numpy(), 120, 40)
     values = torch.arange(1, 7, dtype=torch.float32)
     for dtype in (torch.float32, torch.bfloat16, torch.float64):
-        target = torch.zeros(6, 120, 40, dtype=dtype)
-        _paint(target, values.to(dtype), boxes)
-        expected = torch.zeros_like(target)
+        expected = torch.zeros(6, 120, 40, dtype=dtype)
         for b, a, c, ww, hh in zip(sample, t0, f0, w, h):
             expected[b, a : a + ww, c : c + hh] = values[b]
-        assert torch.equal(target, expected)
+        for numpy_views in (True, False):  # False: the torch-indexing path other devices take
+            target = torch.zeros(6, 120, 40, dtype=dtype)
+            _paint(target, values.to(dtype), boxes, numpy_views=numpy_views)
+            assert torch.equal(target, expected)
     assert torch.equal(expected != 0, draw.mask)
 
 
