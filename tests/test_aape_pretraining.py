@@ -261,7 +261,7 @@ def test_losses_and_their_inputs():
     model = AaPEViTForPreTraining(config).train()
     inputs = torch.randn(3, 64, 32)
     calls = []
-    model.teacher.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    model.teacher.embeddings.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
     generator = torch.Generator().manual_seed(5)
     output = model(inputs, generator=generator)
     assert calls == [3]  # the teacher runs once per clip, not once per view
@@ -335,8 +335,9 @@ def test_tiny_model_pretrains_with_every_loss_decreasing(one_thread):
     history = torch.tensor(history)
     assert torch.isfinite(history).all()
     first, last = history[:25].mean(0), history[-25:].mean(0)
-    # total, masked and utterance losses fall several-fold, the contrastive loss clearly (chance level is log(29))
-    assert (last[:3] < 0.5 * first[:3]).all(), (first, last)
+    # total, masked and utterance losses fall clearly (FFN targets of a moving teacher: the masked loss by about 40 %),
+    # the contrastive loss too (chance level is log(29))
+    assert (last[:3] < 0.7 * first[:3]).all(), (first, last)
     assert last[3] < 0.85 * first[3] and history[0, 3] == pytest.approx(math.log(29), rel=0.1), (first, last)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert elapsed < 60, f"{steps} pre-training steps took {elapsed:.1f} s"
