@@ -21,7 +21,8 @@ how much word information a linear probe can reach at all.
 
 Measured (2 loaded CPU cores, 987 s, default recipe below, EAT-faithful config defaults): pre-trained AaPE 8.9 %,
 random AaPE 11.2 %, pre-trained standard stem 8.2 %, log-mel band statistics 54.3 %: the target is NOT met. In-process
-ablations with the same model and budget (probe accuracy; random init 8.8 % there) all stayed at or below random:
+ablations with the same model and budget (probe accuracy; random init 8.8 % with the earlier "vit" initialisation,
+11.2 % with the current "pytorch" one; the runs below span that change) all stayed at or below random:
 old recipe (block targets, "inside" masks, leaking SBLU, projection) as in the issue (9-11 %); FFN targets with
 per-token ("channels") instance norm 5.5 % (the masked loss collapses to 0.13-0.17); "tokens" (EAT) 9.3 %, with EAT's
 summed utterance loss 11.3 %, the same for 1,500 steps 8.0 %; contrastive weight 1.0 7.7 %; EMA 0.99 -> 0.999 6.1 %;
