@@ -352,7 +352,10 @@ def test_init_weights_sets_every_parameter(bimamba_type):
         assert torch.equal(layer.norm.weight, torch.ones(16))
     embeddings = model.fftp_aum.embeddings
     assert 0 < embeddings.cls_token.std() < 0.05 and 0 < embeddings.position_embeddings.std() < 0.05
-    assert torch.equal(model.classifier.bias, torch.zeros(5)) and 0 < model.classifier.weight.std() < 0.05
+    bound = config.hidden_size**-0.5  # default initializer_scheme "pytorch": nn.Linear's own uniform(+-1/sqrt(fan_in))
+    assert 0 < model.classifier.weight.abs().max() <= bound and model.classifier.bias.abs().max() <= bound
+    vit = FFTPAuMForAudioClassification(tiny_config(bimamba_type=bimamba_type, state_size=16, initializer_scheme="vit"))
+    assert torch.equal(vit.classifier.bias, torch.zeros(5)) and 0 < vit.classifier.weight.std() < 0.05
     for name, parameter in model.named_parameters():
         assert torch.isfinite(parameter).all(), name
 
