@@ -42,7 +42,8 @@ class FFTPASTConfig(PatchingConfigMixin, PreTrainedConfig):
             Standard deviation of the truncated normal initialisation of weights.
         initializer_scheme (`str`, *optional*, defaults to `"pytorch"`):
             How linear and convolution layers are initialised when a model is built from a configuration (loading
-            weights is unaffected). `"pytorch"`: PyTorch's own layer defaults (uniform in `+-1/sqrt(fan_in)`), whose
+            weights is unaffected). `"pytorch"`: PyTorch's own defaults (`nn.Linear`: uniform in
+            `+-1/sqrt(fan_in)`; attention as `nn.MultiheadAttention`: Xavier-uniform qkv, zero biases), whose
             scale follows each layer's width: at ViT-B width it matches `"vit"`, and narrow models trained from scratch
             train as fast as a plain PyTorch ViT (benchmarks/bench_from_scratch.py). `"vit"`: truncated normal with
             `initializer_range` everywhere, as ViT / DeiT / AST do (the weights AST starts from were trained that

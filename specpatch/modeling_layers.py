@@ -184,6 +184,8 @@ class SelfAttention(nn.Module):
         self.attention_dropout = attention_dropout
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=qkv_bias)
         self.proj = nn.Linear(hidden_size, hidden_size)
+        # Read by `init_transformer_weights` (the "pytorch" scheme initialises attention as nn.MultiheadAttention).
+        self.qkv.attention_role, self.proj.attention_role = "qkv", "output"
 
     def forward(
         self,
@@ -310,7 +312,8 @@ def init_transformer_weights(module: nn.Module, initializer_range: float, scheme
     Called from each model's `_init_weights`, which handles its own custom parameters.
 
     `scheme="pytorch"`: PyTorch's own defaults of `nn.Linear` / `nn.Conv*d` (`kaiming_uniform_(a=sqrt(5))`, i.e.
-    uniform in `+-1/sqrt(fan_in)`, biases uniform in the same range): the weight scale follows each layer's fan-in,
+    uniform in `+-1/sqrt(fan_in)`, biases uniform in the same range) and of `nn.MultiheadAttention` for the attention
+    projections (Xavier-uniform query / key / value, zero biases): the weight scale follows each layer's fan-in,
     so narrow models start with the same signal scale as wide ones (1/sqrt(3 * 768) = 0.0208 at ViT-B width, the
     same scale as the ViT value below). `scheme="vit"`: ViT / DeiT / AST's truncated normal with a fixed
     `initializer_range` whatever the width, and zero biases (right for ViT-B; too small for narrow models trained
@@ -321,7 +324,18 @@ def init_transformer_weights(module: nn.Module, initializer_range: float, scheme
     if scheme not in INITIALIZER_SCHEMES:
         raise ValueError(f"`initializer_scheme` must be one of {INITIALIZER_SCHEMES}, got {scheme!r}.")
     if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-        if scheme == "pytorch":
+        attention_role = getattr(module, "attention_role", None)  # set by `SelfAttention`
+        if scheme == "pytorch" and attention_role is not None:
+            # What `nn.MultiheadAttention` (inside `nn.TransformerEncoderLayer`) does by default: Xavier-uniform fused
+            # query / key / value weights, PyTorch's linear default for the output projection, zero biases. Sharper
+            # attention at initialisation than fan-in scaling (bench_from_scratch.py, square patches).
+            if attention_role == "qkv":
+                init.xavier_uniform_(module.weight)
+            else:
+                init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif scheme == "pytorch":
             # What `reset_parameters()` of these layers does, through transformers' guarded init functions (so
             # weights loaded from a checkpoint are left alone).
             init.kaiming_uniform_(module.weight, a=math.sqrt(5))

@@ -43,6 +43,13 @@ def test_pytorch_scheme_scales_with_fan_in(model_type):
     for name, linear in linears:
         fan_in = linear.in_features
         bound = 1 / math.sqrt(fan_in)
+        role = getattr(linear, "attention_role", None)
+        if role is not None:  # attention as nn.MultiheadAttention: Xavier-uniform qkv, zero biases
+            if role == "qkv":
+                bound = math.sqrt(6 / (fan_in + linear.out_features))
+            assert linear.weight.abs().max() <= bound + 1e-6 and linear.weight.std() > 0.8 * bound / math.sqrt(3)
+            assert linear.bias is None or torch.all(linear.bias == 0), name
+            continue
         assert linear.weight.abs().max() <= bound + 1e-6, name
         if linear.weight.numel() >= 1000:  # uniform(-b, b) has std b / sqrt(3)
             assert abs(linear.weight.std().item() - bound / math.sqrt(3)) < 0.15 * bound / math.sqrt(3), name
@@ -61,6 +68,17 @@ def test_vit_scheme_is_fixed_truncated_normal(model_type):
             assert abs(linear.weight.std().item() - 0.02) < 0.002, name
         if linear.bias is not None:
             assert torch.all(linear.bias == 0), name
+
+
+def test_attention_is_initialised_as_pytorch_multihead_attention():
+    model = _model("fftp_ast")
+    attention = model.fftp_ast.encoder.layers[0].attention
+    reference = nn.MultiheadAttention(96, 4)  # what nn.TransformerEncoderLayer builds
+    for ours, theirs in ((attention.qkv.weight, reference.in_proj_weight), (attention.proj.weight, reference.out_proj.weight)):
+        assert ours.shape == theirs.shape
+        assert abs(ours.abs().max().item() - theirs.abs().max().item()) < 0.02 * theirs.abs().max().item()
+        assert abs(ours.std().item() - theirs.std().item()) < 0.05 * theirs.std().item()
+    assert torch.all(attention.qkv.bias == 0) and torch.all(attention.proj.bias == 0)
 
 
 def test_schemes_agree_at_vit_b_width_and_differ_when_narrow():
