@@ -327,8 +327,8 @@ def init_transformer_weights(module: nn.Module, initializer_range: float, scheme
         attention_role = getattr(module, "attention_role", None)  # set by `SelfAttention`
         if scheme == "pytorch" and attention_role is not None:
             # What `nn.MultiheadAttention` (inside `nn.TransformerEncoderLayer`) does by default: Xavier-uniform fused
-            # query / key / value weights, PyTorch's linear default for the output projection, zero biases. Sharper
-            # attention at initialisation than fan-in scaling (bench_from_scratch.py, square patches).
+            # query / key / value weights, PyTorch's linear default for the output projection, zero biases, so that
+            # our blocks start as a plain `nn.TransformerEncoderLayer` ViT does.
             if attention_role == "qkv":
                 init.xavier_uniform_(module.weight)
             else:
