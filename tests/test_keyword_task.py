@@ -55,3 +55,15 @@ def test_parquet_folder_loads_with_datasets(tmp_path):
     decoded = ds["train"][0]["audio"]
     samples = decoded["array"] if isinstance(decoded, dict) else decoded.get_all_samples().data.numpy()[0]
     np.testing.assert_allclose(np.asarray(samples).ravel(), task.train_audio[0], atol=1 / 2**15 + 1e-6)
+
+
+def test_instrument_task_holds_out_instruments():
+    instrument_task = pytest.importorskip("instrument_task")
+    task = instrument_task.make_instrument_task(train_instruments=2, test_instruments=1, clips_per_instrument=2)
+    families = len(instrument_task.FAMILIES)
+    assert task.train_audio.shape == (families * 2 * 2, 16000) and task.test_audio.shape == (families * 2, 16000)
+    assert set(task.train_speakers).isdisjoint(task.test_speakers)  # held-out instruments
+    assert len(set(task.train_speakers)) == families * 2 and sorted(set(task.test_labels)) == list(range(families))
+    assert np.isfinite(task.train_audio).all() and (task.train_audio.std(axis=1) > 1e-3).all()
+    again = instrument_task.make_instrument_task(train_instruments=2, test_instruments=1, clips_per_instrument=2)
+    np.testing.assert_array_equal(again.test_audio, task.test_audio)
