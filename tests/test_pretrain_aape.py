@@ -217,7 +217,7 @@ def test_streaming_and_exact_resume_in_the_second_epoch(script, audioset_dir, tm
         assert torch.equal(value, uninterrupted[key]), key  # same rows, crops and masks after the resume
 
 
-def run(command: list[str], tmp_path, timeout: int = 240) -> str:
+def run(command: list[str], tmp_path, timeout: int = 90) -> str:
     env = dict(os.environ)
     env.update({"HF_DATASETS_CACHE": str(tmp_path / "hf_cache"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
                 "PYTHONPATH": REPO + os.pathsep + env.get("PYTHONPATH", "")})
