@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import run_launched
 from dataset_factories import AUDIOSET_SUBSET, make_audioset_parquet, make_esc50_parquet
 from safetensors.torch import load_file
 
@@ -44,9 +45,8 @@ def run(command: list[str], tmp_path, timeout: int = 240, extra_env: dict | None
         }
     )
     env.update(extra_env or {})
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(tmp_path))
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-6000:]
+    returncode, output = run_launched(command, env, str(tmp_path), timeout)
+    assert returncode == 0, output[-6000:]
     return output
 
 

@@ -12,12 +12,11 @@ import json
 import logging
 import math
 import os
-import signal
 import subprocess
 import sys
-import warnings
 
 import pytest
+from conftest import run_launched
 import torch
 from dataset_factories import make_audioset_parquet
 from safetensors.torch import load_file
@@ -221,22 +220,8 @@ def run(command: list[str], tmp_path, timeout: int = 90) -> str:
     env = dict(os.environ)
     env.update({"HF_DATASETS_CACHE": str(tmp_path / "hf_cache"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
                 "PYTHONPATH": REPO + os.pathsep + env.get("PYTHONPATH", "")})
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                               cwd=str(tmp_path), start_new_session=True)
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        # Known intermittent problem (about 1 run in 5 inside the full suite, never alone): a 2-process gloo run that
-        # has finished its work (model and all_results.json written by the main process after the last barrier but
-        # one) does not exit. A run that hangs before writing its results still fails here.
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        output_dir = command[command.index("--output_dir") + 1]
-        assert os.path.exists(os.path.join(output_dir, "all_results.json")), (stdout + stderr)[-6000:]
-        warnings.warn(f"the 2-process run finished its work but did not exit within {timeout} s (killed)")
-        return stdout + stderr
-    output = stdout + stderr
-    assert process.returncode == 0, output[-6000:]
+    returncode, output = run_launched(command, env, str(tmp_path), timeout)
+    assert returncode == 0, output[-6000:]
     return output
 
 
