@@ -23,7 +23,11 @@ engines: one process and DDP; FSDP / DeepSpeed are refused with a clear error (`
 Speech Commands V2 (`fftp-speechcommands`, `aape-scv2`): 35 words, official training / validation / testing lists
 (11,005 test clips). Build `scv2` once with `python -m specpatch.speech_commands speech_commands_v0.02.tar.gz scv2`;
 the recipes' `--protocol speech_commands_v2` also filters a hub copy's `_silence_` rows and refuses its 12-class test
-split. AudioSet (`agkphysics/AudioSet`): AS-20K is config `balanced` (train / test); AS-2M (`aape-as2m`) is config
+split. As in AST's and EAT's code, the recipes select the model on the validation list (`--validation_split
+validation`, evaluated after every epoch or every `--eval_steps`; `--selection_metric`, accuracy by default) and report
+the test accuracy of the selected state (`eval_accuracy` in `all_results.json`, beside its `validation_*` metrics and
+`selected_step`); that state is the saved model. Without `--validation_split` (AudioSet, ESC-50) the final state is
+evaluated on `--eval_split` and saved. AudioSet (`agkphysics/AudioSet`): AS-20K is config `balanced` (train / test); AS-2M (`aape-as2m`) is config
 `full` with `--train_split bal_train+unbal_train --eval_split eval`.
 
 Mixup: the FFTP recipes use AST's waveform mixup (`--mixup_type waveform`), the AaPE recipes EAT's timm-style batch
@@ -64,6 +68,7 @@ from specpatch.feature_extraction_specpatch import SpecPatchFeatureExtractor
 from specpatch.metrics import classification_metrics
 from specpatch.mixup import SpectrogramMixup
 from specpatch.training import (
+    ModelSelection,
     TrainingLoop,
     WeightEMA,
     add_optimization_arguments,
@@ -145,11 +150,13 @@ RECIPES: dict[str, dict] = {
     },
     "fftp-speechcommands": {
         "description": "FFTP paper, Speech Commands v2 (35 words; official train / validation_list / testing_list, "
-        "11,005 test clips): 20 epochs, batch 256, CE, 128 frames, SpecMask 1,024 max 128x16 (or SpecAugment 15 "
-        "frames / 5 bins). Needs --dataset_name: a folder from `python -m specpatch.speech_commands`.",
+        "11,005 test clips; the best-validation epoch's test accuracy, as AST's recipe): 20 epochs, batch 256, CE, 128 "
+        "frames, SpecMask 1,024 max 128x16 (or SpecAugment 15 frames / 5 bins). Needs --dataset_name: a folder from "
+        "`python -m specpatch.speech_commands`.",
         "model_type": "fftp_ast",
         "protocol": "speech_commands_v2",
         "eval_split": "test",
+        "validation_split": "validation",  # AST / EAT: model selection on validation_list.txt
         "max_length": 128,
         "frontend": "kaldi",
         "norm_mean": -6.845978,
@@ -251,12 +258,14 @@ RECIPES: dict[str, dict] = {
         "specaugment_time": 102,
     },
     "aape-scv2": {
-        "description": "AaPE paper Table I, Speech Commands v2 (35 words, official splits, 11,005 test clips): 160K "
-        "steps, 16K warm-up, batch 128, layer decay 0.75, EAT's spectrogram mixup 0.8 (hence BCE), drop path 0.1, "
-        "weight EMA 0.995, SpecAugment 1/5. Needs --dataset_name: a folder from `python -m specpatch.speech_commands`.",
+        "description": "AaPE paper Table I, Speech Commands v2 (35 words, official splits, 11,005 test clips; the "
+        "best-validation state's test accuracy, as EAT's fairseq `best_checkpoint_metric: accuracy`): 160K steps, 16K "
+        "warm-up, batch 128, layer decay 0.75, EAT's spectrogram mixup 0.8 (hence BCE), drop path 0.1, weight EMA "
+        "0.995, SpecAugment 1/5. Needs --dataset_name: a folder from `python -m specpatch.speech_commands`.",
         "model_type": "aape_vit",
         "protocol": "speech_commands_v2",
         "eval_split": "test",
+        "validation_split": "validation",  # EAT: checkpoint_best by validation accuracy, validated every epoch
         "max_length": 128,
         "frontend": "logmel",
         "max_train_steps": 160_000,
@@ -285,6 +294,8 @@ DEFAULTS: dict = {
     "dataset_config_name": None,
     "train_split": "train",
     "eval_split": None,
+    "validation_split": None,
+    "selection_metric": "auto",
     "protocol": "none",
     "model_type": "fftp_ast",
     "config_overrides": None,
@@ -363,6 +374,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--specaugment_time", type=int)
     g = add_run_arguments(p)
     g.add_argument("--eval_steps", type=int, help="Evaluate every N steps (default: at the end of each epoch).")
+    g.add_argument("--selection_metric", choices=("auto", "accuracy", "mAP"),
+                   help="With --validation_split: the validation metric that selects the model (auto: accuracy for "
+                   "single-label data, as AST / EAT on Speech Commands; mAP for multi-label data).")
     g.add_argument("--no_pipeline_demo", action="store_true", help="Skip classifying one clip with the pipeline.")
     args = p.parse_args(argv)
 
@@ -525,9 +539,13 @@ def main(argv=None) -> dict:
     extractor = build_feature_extractor(args)
     data = AudioData(args, accelerator, extractor, labeled=True)
     label_map = data.label_map
-    logger.info("Classes: %d (%s), train rows: %s, eval rows: %s", label_map.num_labels,
+    def rows(split):
+        return len(split) if split is not None and not args.streaming else split
+
+    logger.info("Classes: %d (%s), train rows: %s, eval rows: %s%s", label_map.num_labels,
                 "multi-label" if label_map.multi_label else "single-label", data.num_train_rows or "streaming",
-                (len(data.evaluation) if data.evaluation is not None and not args.streaming else data.evaluation))
+                rows(data.evaluation), f", model-selection rows ({data.validation_split}): {rows(data.validation)}"
+                if data.validation is not None else "")
     if args.norm_stats == "compute" and args.norm_mean is None:
         stats = shared_normalization_stats(extractor, data.statistics_clips, accelerator)
         extractor.mean, extractor.std = stats["mean"], stats["std"]
@@ -544,6 +562,7 @@ def main(argv=None) -> dict:
     per_device = per_device_batch_size(args.batch_size, accelerator.num_processes, args.gradient_accumulation_steps)
     stream, train_loader = data.train_loader(per_device, accelerator)
     eval_loader = data.eval_loader(per_device, accelerator)
+    validation_loader = data.eval_loader(per_device, accelerator, split="validation")
     model = accelerator.prepare(model)  # before the optimizer: its groups are built from the prepared parameters
     optimizer = build_optimizer(accelerator.unwrap_model(model), args, args.layer_decay, stem_layer_decay=args.layer_decay_stem == "decayed")
     if stream is None:
@@ -561,6 +580,12 @@ def main(argv=None) -> dict:
     ema = WeightEMA(accelerator.unwrap_model(model), args.ema_decay) if args.ema_decay and args.ema_decay > 0 else None
     loop = TrainingLoop(accelerator, args, data, stream, train_loader, scheduler, total_steps, batches_per_epoch)
     loop.register(ema)
+    selection = None
+    if validation_loader is not None:  # AST / EAT on Speech Commands: select on validation, report the test metrics
+        metric = args.selection_metric if args.selection_metric != "auto" else (
+            "mAP" if label_map.multi_label else "accuracy")
+        selection = ModelSelection(f"validation_{metric}")
+        loop.register(selection)
     loop.resume(resolve_resume_path(args.resume, args.output_dir))
     device = accelerator.device
     masking = build_masking(args)
@@ -576,19 +601,31 @@ def main(argv=None) -> dict:
     history = []
     eval_model = (lambda: ema.module) if ema is not None else (lambda: accelerator.unwrap_model(model))
 
-    def run_eval(tag) -> dict | None:
-        if eval_loader is None:
-            return None
+    def evaluate_split(loader, prefix: str, tag) -> dict:
         # The unwrapped model: DDP's forward would broadcast buffers, a collective that processes with different
         # numbers of evaluation batches would not all join.
-        metrics, _, _, eval_skipped = evaluate(eval_model(), eval_loader, extractor, accelerator, device)
-        metrics = {f"eval_{k}": v for k, v in metrics.items()}
-        metrics["eval_skipped_clips"] = eval_skipped
+        metrics, _, _, skipped = evaluate(eval_model(), loader, extractor, accelerator, device)
+        metrics = {f"{prefix}_{k}": v for k, v in metrics.items()}
+        metrics[f"{prefix}_skipped_clips"] = skipped
         logger.info("%s: %s", tag if isinstance(tag, str) else f"epoch {tag}",
                     ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
+        model.train()
+        return metrics
+
+    def run_eval(tag) -> dict | None:
+        """The model-selection split when there is one (the state is kept if it scores best), else the evaluation
+        split."""
+        if selection is not None:
+            metrics = evaluate_split(validation_loader, "validation", tag)
+            if selection.update(metrics, loop.global_step, eval_model()):
+                logger.info("Best %s so far (%.4f) at step %d.", selection.metric, selection.best_value,
+                            loop.global_step)
+        elif eval_loader is not None:
+            metrics = evaluate_split(eval_loader, "eval", tag)
+        else:
+            return None
         accelerator.log(metrics, step=loop.global_step)
         history.append({"step": loop.global_step, **metrics})
-        model.train()
         return metrics
 
     running_loss, running_count = 0.0, 0
@@ -637,6 +674,14 @@ def main(argv=None) -> dict:
 
     # Final evaluation, saving, and one clip through the pipeline.
     final_metrics = run_eval("final") or {}
+    if selection is not None:
+        # The selected state replaces the final one (in the EMA copy when there is one): it is tested and saved.
+        selection.restore(eval_model())
+        logger.info("Selected the state of step %d (%s %.4f); testing it on %r.", selection.best_step,
+                    selection.metric, selection.best_value, data.eval_split)
+        final_metrics = {**selection.best_metrics, "selection_metric": selection.metric,
+                         "selected_step": selection.best_step,
+                         **evaluate_split(eval_loader, "eval", f"test, step {selection.best_step}")}
     summary = loop.finish()
     final_model = ema.module if ema is not None else None
     state_dict = None if ema is not None else accelerator.get_state_dict(model)
@@ -662,6 +707,8 @@ def main(argv=None) -> dict:
         if not args.no_pipeline_demo and data.evaluation is not None:
             results["pipeline_demo"] = pipeline_demo(args, data)
         summary = ", ".join(f"{k} {results[k]:.4f}" for k in ("eval_mAP", "eval_accuracy") if k in results)
+        if selection is not None:
+            summary += f" (state of step {selection.best_step}, selected by {selection.metric})"
         print(f"\nDone in {time.time() - start_time:.0f} s: {summary or 'no evaluation split'}; model in {args.output_dir}")
     accelerator.wait_for_everyone()
     accelerator.end_training()

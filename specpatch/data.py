@@ -68,7 +68,7 @@ def _speech_commands_v2(train, evaluation, label_column: str, eval_split: str | 
 
 PROTOCOLS = {"speech_commands_v2": _speech_commands_v2}
 """Benchmark protocols `--protocol` can apply: `name -> f(train, eval, label_column, eval_split) -> (train, eval,
-label_map)`."""
+label_map)`. The model-selection split (`--validation_split`) goes through the same function as an evaluation split."""
 
 
 def _is_audioset_id(value: Any) -> bool:
@@ -303,6 +303,36 @@ def find_column(features, candidates: Iterable[str], what: str, required: bool =
 
 
 @dataclass
+class LabelColumns:
+    """The columns a labeled split is read by: `label`, `label_names` (human-readable names of integer labels, such as
+    ESC-50's `category` for `target`) and `fold` (cross-validation folds), the last two None when absent."""
+
+    label: str
+    label_names: str | None = None
+    fold: str | None = None
+
+
+def detect_label_columns(features, label_column: str | None = None, label_names_column: str | None = None,
+                         fold_column: str | None = None, folds: bool = True) -> LabelColumns:
+    """
+    The label, label-name and fold columns of a split's `features`, one rule for every script: a named column wins;
+    otherwise the label column is the first of [`LABEL_COLUMN_CANDIDATES`] present, the names column the first of
+    [`LABEL_NAME_COLUMN_CANDIDATES`] when the label column holds integers, the fold column `fold` when present
+    (`folds=False`: none). Single- or multi-label is decided by [`infer_label_map`] from the label column's type.
+    """
+    label = label_column or find_column(features, LABEL_COLUMN_CANDIDATES, "label")
+    if label_column is not None and features and label_column not in features:
+        raise ValueError(f"Label column {label_column!r} not found; the dataset has columns {sorted(features)}.")
+    names = label_names_column
+    if names is None:
+        candidate = find_column(features, LABEL_NAME_COLUMN_CANDIDATES, "label name", required=False)
+        if candidate and candidate != label and "int" in str(features[label]):
+            names = candidate
+    fold = (fold_column or find_column(features, FOLD_COLUMN_CANDIDATES, "fold", required=False)) if folds else None
+    return LabelColumns(label, names, fold)
+
+
+@dataclass
 class DatasetSpec:
     """
     What to load: `datasets.load_dataset(name, config, data_dir=..., data_files=..., streaming=...)`.
@@ -348,15 +378,18 @@ def load_audio_dataset(spec: DatasetSpec, audio_column: str | None = None):
     return dataset, audio_column
 
 
-def pick_eval_split(splits: Iterable[str], train_split: str, eval_split: str | None = None) -> str | None:
-    """`eval_split` if given (and present), else the first of test / validation / ... that exists, else None."""
+def pick_eval_split(splits: Iterable[str], train_split: str, eval_split: str | None = None,
+                    exclude: Iterable[str] = ()) -> str | None:
+    """`eval_split` if given (and present), else the first of test / validation / ... that exists and is neither the
+    training split nor one of `exclude` (the model-selection split), else None."""
     splits = list(splits)
     if eval_split is not None:
         if eval_split not in splits:
             raise ValueError(f"Evaluation split {eval_split!r} not found; the dataset has splits {splits}.")
         return eval_split
+    taken = set(split_names(train_split)) | set(exclude)
     for name in EVAL_SPLIT_CANDIDATES:
-        if name in splits and name != train_split:
+        if name in splits and name not in taken:
             return name
     return None
 
@@ -452,6 +485,15 @@ class AudioCollator:
         self.sampling_rate = int(sampling_rate)
         self.max_samples = None if max_samples is None else int(max_samples)
         self.min_samples = int(min_samples)
+
+    @classmethod
+    def for_extractor(cls, extractor, audio_column: str, label_column: str | None = None,
+                      label_map: LabelMap | None = None, truncate: bool = True) -> AudioCollator:
+        """The collator for a feature extractor: its sampling rate, clips cut to the samples of its `max_length`
+        frames (`truncate=False`: whole clips), clips shorter than one analysis window counted as corrupt."""
+        max_samples = max_samples_for_frames(extractor.max_length, extractor) if truncate else None
+        return cls(audio_column, label_column, label_map, extractor.sampling_rate, max_samples,
+                   min_samples=extractor.win_length)
 
     def _labels_tensor(self, label_indices: list[list[int]]) -> torch.Tensor:
         if self.label_map.multi_label:
@@ -710,7 +752,13 @@ def add_data_arguments(parser, labeled: bool = True):
     g.add_argument("--norm_std", type=float, help="Log-mel standard deviation (default: as --norm_mean).")
     g.add_argument("--num_workers", type=int, help="DataLoader workers (decoding and resampling).")
     if labeled:
-        g.add_argument("--eval_split", help="Default: test / validation if present, else a fold or a random share.")
+        g.add_argument("--eval_split", help="Default: test / validation if present, else a fold or a random share. "
+                       "With --validation_split: the test split, evaluated once with the selected model.")
+        g.add_argument("--validation_split",
+                       help="Model-selection split (Speech Commands V2: validation, the clips of validation_list.txt). "
+                       "It is evaluated at every evaluation point (each epoch, or every --eval_steps), the state with "
+                       "the best --selection_metric is kept, and that state is evaluated on --eval_split and saved "
+                       "(AST's and EAT's protocol). Default (or \"none\"): the final state is evaluated and saved.")
         g.add_argument("--label_column")
         g.add_argument("--label_names_column", help="Column with class names for integer labels (ESC-50: category).")
         g.add_argument("--label_names", help="Comma-separated class names (needed for streaming string labels).")
@@ -773,8 +821,9 @@ class AudioData:
     Reads the flags of [`add_data_arguments`] from `args` (plus `seed`, `recipe`). With `labeled=False` (self-supervised
     pre-training) only the audio column is read and clips come whole (`crop_samples` is what the device-side random
     crop keeps); with `labeled=True` clips are truncated to the frames the model sees, and the evaluation split is
-    `--eval_split`, the dataset's test / validation split, a held-out `--eval_fold`, or a random `--eval_fraction`.
-    `--protocol` applies a benchmark's filters (see [`PROTOCOLS`]).
+    `--eval_split`, the dataset's test / validation split, a held-out `--eval_fold`, or a random `--eval_fraction`;
+    `--validation_split` adds a model-selection split (`validation`, see `training.ModelSelection`).
+    `--protocol` applies a benchmark's filters (see [`PROTOCOLS`]) to every split.
     """
 
     def __init__(self, args, accelerator, extractor, labeled: bool = True):
@@ -790,27 +839,25 @@ class AudioData:
         if self.streaming:
             self.num_train_rows = split_num_rows(dataset, train_split)
         self.crop_samples = self.max_samples = max_samples_for_frames(extractor.max_length, extractor)
-        self.label_column, self.label_map, self.evaluation = None, None, None
+        self.label_column, self.label_map, self.evaluation, self.validation = None, None, None, None
+        self.eval_split = self.validation_split = None
         if not labeled:
             self.train = _take(train.select_columns([self.audio_column]), args.max_train_samples, self.streaming)
             self.columns = [self.audio_column]
             # Whole clips come from the workers; a random crop happens on the training device.
-            self.collator = AudioCollator(self.audio_column, sampling_rate=extractor.sampling_rate,
-                                          min_samples=extractor.win_length)
+            self.collator = AudioCollator.for_extractor(extractor, self.audio_column, truncate=False)
             return
 
-        features = train.features
-        self.label_column = args.label_column or find_column(features, LABEL_COLUMN_CANDIDATES, "label")
-        names_column = args.label_names_column
-        if names_column is None:
-            candidate = find_column(features, LABEL_NAME_COLUMN_CANDIDATES, "label name", required=False)
-            if candidate and candidate != self.label_column and "int" in str(features[self.label_column]):
-                names_column = candidate
-        fold_column = args.fold_column or find_column(features, FOLD_COLUMN_CANDIDATES, "fold", required=False)
+        columns = detect_label_columns(train.features, args.label_column, args.label_names_column, args.fold_column)
+        self.label_column, fold_column = columns.label, columns.fold
 
+        validation_split = getattr(args, "validation_split", None)
+        validation_split = None if validation_split in (None, "", "none") else validation_split
+        validation = select_split(dataset, validation_split) if validation_split else None
         eval_split = None
         if args.eval_fold is None:
-            eval_split = pick_eval_split(dataset.keys(), train_split, args.eval_split)
+            eval_split = pick_eval_split(dataset.keys(), train_split, args.eval_split,
+                                         exclude=split_names(validation_split) if validation_split else ())
             if eval_split is None and fold_column and not self.streaming:
                 args.eval_fold = int(min(train.unique(fold_column)))
                 logger.info("No evaluation split: holding out fold %s of column %r.", args.eval_fold, fold_column)
@@ -827,25 +874,36 @@ class AudioData:
             self.num_train_rows = len(train)
         else:
             evaluation = None
-        self.eval_split = eval_split
+        self.eval_split, self.validation_split = eval_split, validation_split
+        if validation_split is not None:
+            if evaluation is None:
+                raise ValueError(f"--validation_split {validation_split!r} selects a model for a test split, but "
+                                 "there is none: name one with --eval_split (or --eval_fold).")
+            if validation_split == eval_split:
+                logger.warning("The model-selection split and the test split are both %r: the test metrics of the "
+                               "selected model are optimistic.", eval_split)
 
         label_names = args.label_names.split(",") if args.label_names else None
         protocol = PROTOCOLS.get(getattr(args, "protocol", None) or "none")
         if protocol is not None:
             train, evaluation, self.label_map = protocol(train, evaluation, self.label_column, eval_split)
+            if validation is not None:  # the same rules as for the test split (train only lends its features)
+                validation = protocol(train if self.streaming else train.select(range(0)), validation,
+                                      self.label_column, validation_split)[1]
             if not self.streaming:
                 self.num_train_rows = len(train)
         train = _take(train, args.max_train_samples, self.streaming)
         if evaluation is not None:
             evaluation = _take(evaluation, args.max_eval_samples, self.streaming)
+        if validation is not None:
+            validation = _take(validation, args.max_eval_samples, self.streaming)
         if self.label_map is None:
-            self.label_map = infer_label_map(train, self.label_column, names_column, label_names=label_names)
+            self.label_map = infer_label_map(train, self.label_column, columns.label_names, label_names=label_names)
         if args.max_train_samples and not self.streaming:
             self.num_train_rows = len(train)
         self.columns = [self.audio_column, self.label_column]
-        self.train, self.evaluation = train, evaluation
-        self.collator = AudioCollator(self.audio_column, self.label_column, self.label_map, extractor.sampling_rate,
-                                      self.max_samples, min_samples=extractor.win_length)
+        self.train, self.evaluation, self.validation = train, evaluation, validation
+        self.collator = AudioCollator.for_extractor(extractor, self.audio_column, self.label_column, self.label_map)
 
     def sampling_weights(self) -> np.ndarray | None:
         """AST's class-balanced weights when `--balanced_sampling` asks for them (auto: multi-label data)."""
@@ -887,20 +945,22 @@ class AudioData:
                                              num_workers=self._stream_workers)
         return itertools.islice(loader, skip, None)
 
-    def eval_loader(self, per_device: int, accelerator):
-        """This process's contiguous share of the evaluation split (no padding, no duplicates), in order."""
-        if self.evaluation is None:
+    def eval_loader(self, per_device: int, accelerator, split: str = "evaluation"):
+        """This process's contiguous share of the evaluation split (`split="validation"`: of the model-selection
+        split), no padding, no duplicates, in order; None when there is no such split."""
+        dataset = {"evaluation": self.evaluation, "validation": self.validation}[split]
+        if dataset is None:
             return None
         rank, world = accelerator.process_index, accelerator.num_processes
         if self.streaming:
             from datasets.distributed import split_dataset_by_node
 
-            part = self.evaluation.select_columns(self.columns)
+            part = dataset.select_columns(self.columns)
             part = split_dataset_by_node(part, rank=rank, world_size=world) if world > 1 else part
         else:
-            n = len(self.evaluation)
+            n = len(dataset)
             start, stop = rank * n // world, (rank + 1) * n // world
-            part = IndexedDataset(self.evaluation.select(range(start, stop)), self.columns)
+            part = IndexedDataset(dataset.select(range(start, stop)), self.columns)
         return torch.utils.data.DataLoader(part, batch_size=per_device, collate_fn=self.collator,
                                            num_workers=self.args.num_workers)
 
@@ -955,7 +1015,9 @@ __all__ = [
     "DatasetSpec",
     "EpochSampler",
     "IndexedDataset",
+    "LabelColumns",
     "LabelMap",
+    "detect_label_columns",
     "balanced_sampling_weights",
     "decode_clip",
     "find_audio_column",

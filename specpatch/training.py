@@ -6,6 +6,8 @@ Training utilities shared by the example scripts (fine-tuning, pre-training, lin
 - [`layer_decay_parameter_groups`]: AdamW parameter groups with layer-wise learning-rate decay (BEiT, used by AaPE
   fine-tuning as in EAT / ATST) and the usual no-weight-decay rules, by parameter-name patterns that work for
   FFTP-AST, FFTP-AuM and AaPE-ViT.
+- [`ModelSelection`]: keeps the best state by a validation metric (Speech Commands V2: AST / EAT select on the
+  validation list and report the test accuracy of that state).
 - [`WeightEMA`]: an exponential moving average of the model weights (AaPE fine-tuning, decay 0.995), built on
   `torch.optim.swa_utils.AveragedModel`.
 - [`TrainingState`], [`save_checkpoint`], [`latest_checkpoint`]: periodic, atomic checkpoints on top of accelerate's
@@ -188,6 +190,75 @@ class WeightEMA(nn.Module):
 
     def forward(self, *args, **kwargs):
         return self.averaged.module(*args, **kwargs)
+
+
+class ModelSelection:
+    """
+    Model selection on a validation split, the Speech Commands V2 protocol as the papers' reference code runs it:
+    evaluate on the validation split during training, keep the state that scores best, report that state's test
+    metrics. AST: `src/traintest.py` saves `best_audio_model.pth` whenever the validation accuracy beats the best so far
+    and `src/run.py` evaluates it on the Speech Commands test set; EAT (fairseq): `checkpoint.best_checkpoint_metric:
+    accuracy` keeps `checkpoint_best.pt` by the validation subset's accuracy.
+
+    After each validation evaluation `update(metrics, step, model)` keeps a CPU copy of `model.state_dict()` when
+    `metrics[metric]` is strictly better than the best so far (the earliest of equal scores wins, as AST's
+    `acc > best_acc`; a NaN score never wins). `restore(model)` loads the kept state. Checkpointed through
+    `state_dict` / `load_state_dict` (`accelerator.register_for_checkpointing`), so a resumed run continues selecting.
+
+    Args:
+        metric (`str`): key of the evaluation metrics to select by (`accuracy`, `mAP`, ...).
+        greater_is_better (`bool`, defaults to `True`).
+    """
+
+    def __init__(self, metric: str, greater_is_better: bool = True):
+        self.metric = metric
+        self.greater_is_better = bool(greater_is_better)
+        self.best_value: float | None = None
+        self.best_step: int | None = None
+        self.best_metrics: dict[str, Any] = {}
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def is_better(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.best_value is None:
+            return True
+        return value > self.best_value if self.greater_is_better else value < self.best_value
+
+    def update(self, metrics: dict[str, Any], step: int, model: nn.Module) -> bool:
+        """Keeps `model`'s state when `metrics[self.metric]` is the best so far; returns whether it was."""
+        if self.metric not in metrics:
+            raise ValueError(f"Selection metric {self.metric!r} is not among the evaluation metrics {sorted(metrics)}.")
+        value = float(metrics[self.metric])
+        if not self.is_better(value):
+            return False
+        self.best_value, self.best_step, self.best_metrics = value, int(step), dict(metrics)
+        self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        return True
+
+    def restore(self, model: nn.Module) -> None:
+        """Loads the selected state into `model` (the model `update` was given, or one with the same keys)."""
+        if self.best_state is None:
+            raise RuntimeError("No state was selected: the validation split was never evaluated.")
+        model.load_state_dict(self.best_state)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "greater_is_better": self.greater_is_better,
+            "best_value": self.best_value,
+            "best_step": self.best_step,
+            "best_metrics": json.dumps(self.best_metrics),
+            "best_state": self.best_state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["metric"] != self.metric or bool(state["greater_is_better"]) != self.greater_is_better:
+            raise ValueError(f"The checkpoint selected by {state['metric']!r}; this run selects by {self.metric!r}.")
+        self.best_value = None if state["best_value"] is None else float(state["best_value"])
+        self.best_step = None if state["best_step"] is None else int(state["best_step"])
+        self.best_metrics = json.loads(state["best_metrics"])
+        self.best_state = state["best_state"]
 
 
 def cpu_multiprocess() -> bool:
@@ -391,17 +462,23 @@ def parse_config_overrides(value) -> dict:
     return overrides
 
 
+RECIPE_SPLIT_KEYS = ("dataset_config_name", "train_split", "eval_split", "validation_split")
+"""Recipe values that describe the recipe's own dataset (see [`apply_recipe`])."""
+
+
 def apply_recipe(args, recipes: dict[str, dict], defaults: dict) -> dict:
     """
     Fills every argument a flag left unset (`None`) from the selected recipe (`args.recipe`), then from `defaults`.
-    A recipe's `dataset_config_name`, `train_split` and `eval_split` belong to its own dataset and are dropped when
-    `--dataset_name` names another one. Returns the recipe used.
+    A recipe that names its dataset owns its `dataset_config_name` and splits ([`RECIPE_SPLIT_KEYS`]): they are dropped
+    when `--dataset_name` names another one. A recipe without a dataset (Speech Commands V2: any folder converted by
+    `specpatch.speech_commands`) keeps its split names for whatever `--dataset_name` gives. Returns the recipe used.
     """
     if args.recipe not in recipes:
         raise ValueError(f"Unknown recipe {args.recipe!r}; choose one of {sorted(recipes)}.")
     recipe = dict(recipes[args.recipe])
-    if getattr(args, "dataset_name", None) is not None and args.dataset_name != recipe.get("dataset_name"):
-        for key in ("dataset_config_name", "train_split", "eval_split"):
+    own = recipe.get("dataset_name")
+    if own is not None and getattr(args, "dataset_name", None) not in (None, own):
+        for key in RECIPE_SPLIT_KEYS:
             recipe.pop(key, None)
     for key, fallback in defaults.items():
         if getattr(args, key, None) is None:
@@ -714,7 +791,9 @@ class TrainingLoop:
 
 
 __all__ = [
+    "RECIPE_SPLIT_KEYS",
     "UNSUPPORTED_ENGINES",
+    "ModelSelection",
     "TrainingLoop",
     "TrainingState",
     "add_optimization_arguments",

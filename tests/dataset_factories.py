@@ -253,3 +253,30 @@ def make_hub_speech_commands_parquet(root: str, seed: int = 0) -> str:
         Dataset.from_dict(rows, features=features).to_parquet(
             os.path.join(root, "data", f"{split}-00000-of-00001.parquet"))
     return root
+
+
+def make_converted_speech_commands(root: str, mislabeled_validation: bool = False, **archive_kwargs) -> str:
+    """A Speech Commands V2 folder as `python -m specpatch.speech_commands` writes it (`data/{train,validation,test}`
+    parquet, 35-word `ClassLabel`), converted from a tiny archive of [`make_speech_commands_archive`] under
+    `root/archive`; returns the converted folder `root/scv2`.
+
+    `mislabeled_validation=True` rotates the validation split's labels among the archive's words (a clip of word `k`
+    is labelled word `k + 1`), for model-selection tests: the better a model learns the training words, the worse it
+    scores on that split, so the best-validation state is an early one and differs from the final one."""
+    from datasets import load_dataset
+
+    from specpatch.speech_commands import SPEECH_COMMANDS_V2_WORDS, convert_speech_commands
+
+    archive, _ = make_speech_commands_archive(os.path.join(root, "archive"), **archive_kwargs)
+    out = os.path.join(root, "scv2")
+    convert_speech_commands(archive, out)
+    if mislabeled_validation:
+        words = archive_kwargs.get("words", ("yes", "no", "backward", "zero"))
+        indices = [SPEECH_COMMANDS_V2_WORDS.index(w) for w in words]
+        rotate = {a: b for a, b in zip(indices, indices[1:] + indices[:1])}
+        path = os.path.join(out, "data", "validation-00000-of-00001.parquet")
+        split = load_dataset("parquet", data_files=path, split="train", cache_dir=os.path.join(root, "cache"))
+        split = split.map(lambda label: {"label": rotate[label]}, input_columns=["label"])
+        split.to_parquet(path + ".tmp")
+        os.replace(path + ".tmp", path)
+    return out

@@ -23,8 +23,10 @@ from specpatch.data import (
     IndexedDataset,
     LabelMap,
     balanced_sampling_weights,
+    detect_label_columns,
     infer_label_map,
     load_audio_dataset,
+    pick_eval_split,
     shard_streaming_dataset,
     split_by_fold,
 )
@@ -109,6 +111,33 @@ def test_esc50_schema_labels_and_folds(esc50_dir, tmp_path):
     assert len(fit) + len(held_out) == len(train)
     with pytest.raises(ValueError, match="Fold 7"):
         split_by_fold(train, "fold", 7)
+
+
+def test_label_column_detection(esc50_dir, audioset_dir, tmp_path):
+    """One rule for finetune.py and linear_probe.py: ESC-50's integer `target` gets its names from `category` and its
+    folds from `fold`; AudioSet's `labels` (ontology ids) has no names column; named columns win."""
+    esc50, _ = load_audio_dataset(DatasetSpec(esc50_dir, cache_dir=str(tmp_path / "cache")))
+    columns = detect_label_columns(esc50["train"].features)
+    assert (columns.label, columns.label_names, columns.fold) == ("target", "category", "fold")
+    assert detect_label_columns(esc50["train"].features, folds=False).fold is None
+    columns = detect_label_columns(esc50["train"].features, label_column="category")
+    assert (columns.label, columns.label_names) == ("category", None)  # string labels name themselves
+    audioset, _ = load_audio_dataset(DatasetSpec(audioset_dir, cache_dir=str(tmp_path / "cache")))
+    columns = detect_label_columns(audioset["train"].features)
+    assert (columns.label, columns.label_names, columns.fold) == ("labels", None, None)
+    with pytest.raises(ValueError, match="not found"):
+        detect_label_columns(audioset["train"].features, label_column="target")
+
+
+def test_eval_split_choice_leaves_out_the_model_selection_split():
+    splits = ["train", "validation", "test"]
+    assert pick_eval_split(splits, "train") == "test"
+    assert pick_eval_split(["train", "validation"], "train") == "validation"
+    assert pick_eval_split(["train", "validation"], "train", exclude=["validation"]) is None
+    assert pick_eval_split(["bal_train", "unbal_train", "eval"], "bal_train+unbal_train") == "eval"
+    assert pick_eval_split(splits, "train", "validation") == "validation"  # named: taken as given
+    with pytest.raises(ValueError, match="not found"):
+        pick_eval_split(splits, "train", "dev")
 
 
 def test_label_maps_from_classlabel_strings_and_explicit_names():

@@ -12,7 +12,12 @@ import sys
 
 import pytest
 from conftest import run_launched
-from dataset_factories import AUDIOSET_SUBSET, make_audioset_parquet, make_esc50_parquet
+from dataset_factories import (
+    AUDIOSET_SUBSET,
+    make_audioset_parquet,
+    make_converted_speech_commands,
+    make_esc50_parquet,
+)
 from safetensors.torch import load_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -115,6 +120,60 @@ def test_finetune_builtin_recipe_quick(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["id2label"]["0"] == "hum" and config["problem_type"] == "multi_label_classification"
     assert "Pipeline on" in output and "Done in" in output
+
+
+def test_finetune_speech_commands_selects_the_best_validation_state(tmp_path):
+    """The Speech Commands V2 protocol (AST / EAT): validation after every epoch, the best-validation state is the one
+    tested and saved. The validation labels are rotated among the words, so training makes the model worse on them
+    and the selected state is an early one, not the final one."""
+    import numpy as np
+    import torch
+    from datasets import load_dataset
+    from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
+
+    import specpatch  # noqa: F401
+    from specpatch.data import decode_clip
+
+    data = make_converted_speech_commands(str(tmp_path / "sc"), mislabeled_validation=True)
+    out = tmp_path / "run"
+    output = run(
+        [sys.executable, FINETUNE, "--recipe", "fftp-speechcommands", *TINY_ARGS, "--dataset_name", data,
+         "--batch_size", "4", "--num_epochs", "4", "--learning_rate", "2e-3", "--warmup_steps", "2",
+         "--specmask_budget", "512", "--specmask_max_width", "8", "--checkpointing_steps", "4",
+         "--checkpoints_total_limit", "10", "--no_pipeline_demo", "--output_dir", str(out)],
+        tmp_path,
+    )
+    results = json.loads((out / "all_results.json").read_text())
+    history = results["history"]
+    # 16 training clips, 4 per step: validation after every epoch (steps 4, 8, 12) and at the end (16), never the test.
+    assert [h["step"] for h in history] == [4, 8, 12, 16] and results["global_step"] == 16
+    assert all(h["validation_skipped_clips"] == 0 and not any(k.startswith("eval_") for k in h) for h in history)
+    scores = [h["validation_accuracy"] for h in history]
+    best = int(np.argmax(scores))  # the first of equal scores, as AST's `acc > best_acc`
+    assert results["selection_metric"] == "validation_accuracy"
+    assert results["selected_step"] == history[best]["step"] and results["validation_accuracy"] == max(scores)
+    assert results["selected_step"] < 16, scores  # the rotated labels make the final state the worse one
+    assert f"state of step {results['selected_step']}, selected by validation_accuracy" in output
+
+    # The saved model is the selected state: the checkpoint of that step, not the final one.
+    saved = load_file(str(out / "model.safetensors"))
+    selected = load_file(str(out / "checkpoints" / f"step_{results['selected_step']:08d}" / "model.safetensors"))
+    final = load_file(str(out / "checkpoints" / "step_00000016" / "model.safetensors"))
+    assert saved.keys() == selected.keys()
+    assert all(torch.equal(saved[k], selected[k]) for k in saved)
+    assert any(not torch.equal(saved[k], final[k]) for k in saved)
+
+    # The reported test metrics are the saved (selected) model's, recomputed here on the test split.
+    model = AutoModelForAudioClassification.from_pretrained(str(out)).eval()
+    extractor = AutoFeatureExtractor.from_pretrained(str(out))
+    test = load_dataset(data, split="test", cache_dir=str(tmp_path / "hf_check"))
+    correct = 0
+    for row in test.cast_column("audio", test.features["audio"].__class__(decode=False)):
+        clip = torch.from_numpy(decode_clip(row["audio"], 16000))[None]
+        features, _ = extractor.extract_features(clip, torch.tensor([clip.shape[1]]))
+        with torch.no_grad():
+            correct += int(model(input_values=features).logits.argmax(-1).item() == row["label"])
+    assert results["eval_accuracy"] == pytest.approx(correct / len(test)) and results["eval_skipped_clips"] == 0
 
 
 def test_finetune_esc50_fold_and_linear_probe(esc50_dir, tmp_path):

@@ -15,6 +15,7 @@ import types
 
 import pytest
 from dataset_factories import (
+    SPEECH_COMMANDS_HUB_NAMES,
     make_audioset_parquet,
     make_esc50_parquet,
     make_hub_speech_commands_parquet,
@@ -117,6 +118,19 @@ def test_speech_commands_recipes_use_the_protocol(finetune, converted, tmp_path)
         assert len(data.train) == 16 and len(data.evaluation) == 8
         row = data.evaluation[0]
         assert data.label_map.encode(row["label"]) == [SPEECH_COMMANDS_V2_WORDS.index(row["file"].split("/")[0])]
+        # Model selection on validation_list.txt (AST / EAT), testing on testing_list.txt.
+        assert args.validation_split == data.validation_split == "validation" and len(data.validation) == 8
+        assert set(data.validation["file"]).isdisjoint(data.evaluation["file"])
+        assert set(data.validation["file"]).isdisjoint(data.train["file"])
+    # Without a validation split (AudioSet, ESC-50: not in their protocols) the final state is tested.
+    args, data = data_for(finetune, ["--recipe", "fftp-speechcommands", "--dataset_name", converted[0],
+                                     "--validation_split", "none"], tmp_path)
+    assert data.validation is None and data.eval_split == "test"
+    for recipe in ("builtin", "fftp-audioset", "aape-as20k", "aape-as2m", "aape-esc50"):
+        assert finetune.parse_args(["--recipe", recipe]).validation_split is None
+    # A recipe that names its dataset keeps its splits only for that dataset.
+    args = finetune.parse_args(["--recipe", "aape-as2m", "--dataset_name", converted[0]])
+    assert (args.dataset_config_name, args.train_split, args.eval_split) == (None, "train", None)
 
 
 def test_protocol_filters_a_hub_copy_and_refuses_its_12_class_test_split(finetune, tmp_path):
@@ -126,6 +140,8 @@ def test_protocol_filters_a_hub_copy_and_refuses_its_12_class_test_split(finetun
     args, data = data_for(finetune, ["--recipe", "fftp-speechcommands", "--dataset_name", hub,
                                      "--eval_split", "validation"], tmp_path)
     assert data.label_map.num_labels == 35
+    assert len(data.validation) == 4 and data.validation.features["label"].names == list(SPEECH_COMMANDS_HUB_NAMES)
+    assert all(SPEECH_COMMANDS_HUB_NAMES[v] in SPEECH_COMMANDS_V2_WORDS for v in data.validation["label"])
     hub_names = data.train.features["label"].names
     assert "_silence_" in hub_names  # the copy's own ClassLabel keeps it; the rows are gone
     assert len(data.train) == 6 and len(data.evaluation) == 4

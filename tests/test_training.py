@@ -13,6 +13,7 @@ from torch import nn
 
 from specpatch import FFTPASTForAudioClassification
 from specpatch.training import (
+    ModelSelection,
     TrainingState,
     WeightEMA,
     cosine_schedule_with_warmup,
@@ -223,3 +224,41 @@ def test_spectrogram_mixup_is_timm_batch_mixup():
     assert abs(float(mixed_lams.mean()) - 0.5) < 0.03 and abs(float(mixed_lams.var()) - 0.25 / 2.6) < 0.02  # Beta(.8,.8)
     with pytest.raises(ValueError, match="num_classes"):
         SpectrogramMixup()(x, labels)
+
+
+def test_model_selection_keeps_the_best_validation_state():
+    """AST's rule: the state is kept when the validation score beats the best so far (strictly: the earliest of equal
+    scores wins; NaN never wins), and restoring it gives back exactly the weights of that evaluation."""
+    model = nn.Linear(3, 2)
+    selection = ModelSelection("validation_accuracy")
+    weights = {}
+    for step, score in [(1, 0.50), (2, 0.75), (3, float("nan")), (4, 0.75), (5, 0.25)]:
+        with torch.no_grad():
+            model.weight.fill_(float(step))
+        weights[step] = model.weight.clone()
+        kept = selection.update({"validation_accuracy": score, "validation_mAP": 1.0 - score}, step, model)
+        assert kept == (step in (1, 2))
+    assert (selection.best_step, selection.best_value) == (2, 0.75)
+    assert selection.best_metrics == {"validation_accuracy": 0.75, "validation_mAP": 0.25}
+    selection.restore(model)
+    assert torch.equal(model.weight, weights[2])  # a copy, not a view of the weights that kept training
+
+    # The selection survives a checkpoint (accelerate saves state_dict(), loads it into a fresh object).
+    restored = ModelSelection("validation_accuracy")
+    restored.load_state_dict(selection.state_dict())
+    assert (restored.best_step, restored.best_value, restored.best_metrics) == (2, 0.75, selection.best_metrics)
+    with torch.no_grad():
+        model.weight.zero_()
+    restored.restore(model)
+    assert torch.equal(model.weight, weights[2])
+    with pytest.raises(ValueError, match="selected by"):
+        ModelSelection("validation_mAP").load_state_dict(selection.state_dict())
+
+    lower = ModelSelection("validation_loss", greater_is_better=False)
+    for step, loss in [(1, 0.9), (2, 0.4), (3, 0.6)]:
+        lower.update({"validation_loss": loss}, step, model)
+    assert lower.best_step == 2
+    with pytest.raises(ValueError, match="not among"):
+        lower.update({"validation_accuracy": 1.0}, 4, model)
+    with pytest.raises(RuntimeError, match="never evaluated"):
+        ModelSelection("validation_accuracy").restore(model)
