@@ -37,7 +37,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import json
 import logging
-import sys
 import time
 
 import numpy as np
@@ -46,21 +45,18 @@ import torch.nn.functional as F
 
 import specpatch  # noqa: F401  (registers the models)
 from specpatch.data import (
-    FOLD_COLUMN_CANDIDATES,
-    LABEL_COLUMN_CANDIDATES,
-    LABEL_NAME_COLUMN_CANDIDATES,
     AudioCollator,
     DatasetSpec,
     IndexedDataset,
-    find_column,
+    detect_label_columns,
     infer_label_map,
     load_audio_dataset,
-    max_samples_for_frames,
     pick_eval_split,
+    select_split,
 )
 from specpatch.feature_extraction_specpatch import SpecPatchFeatureExtractor
 from specpatch.metrics import classification_metrics
-from specpatch.training import cosine_schedule_with_warmup, cpu_multiprocess
+from specpatch.training import cosine_schedule_with_warmup, make_accelerator
 
 logger = logging.getLogger("specpatch.linear_probe")
 
@@ -218,15 +214,7 @@ def train_linear(train_x, train_y, test_x, test_y, num_labels, multi_label, args
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from accelerate import Accelerator
-
-    accelerator = Accelerator(cpu=cpu_multiprocess(), mixed_precision=args.mixed_precision,
-                              log_with=None if args.report_to == "none" else args.report_to,
-                              project_dir=args.output_dir)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO,
-                        handlers=[logging.StreamHandler(sys.stdout)])
-    if not accelerator.is_local_main_process:
-        logging.getLogger().setLevel(logging.WARNING)
+    accelerator = make_accelerator(args)  # as the training scripts: processes, logging, seeds
     start_time = time.time()
     os.makedirs(args.output_dir, exist_ok=True)
     accelerator.init_trackers("specpatch-linear-probe", config={k: str(v) for k, v in vars(args).items()})
@@ -237,19 +225,14 @@ def main(argv=None) -> dict:
                        revision=args.dataset_revision)
     with accelerator.main_process_first():
         dataset, audio_column = load_audio_dataset(spec, args.audio_column)
-    train = dataset[args.train_split]
-    features = train.features
-    label_column = args.label_column or find_column(features, LABEL_COLUMN_CANDIDATES, "label")
-    names_column = args.label_names_column
-    if names_column is None:
-        candidate = find_column(features, LABEL_NAME_COLUMN_CANDIDATES, "label name", required=False)
-        if candidate and candidate != label_column and "int" in str(features[label_column]):
-            names_column = candidate
-    fold_column = None if args.no_cross_validation else (
-        args.fold_column or find_column(features, FOLD_COLUMN_CANDIDATES, "fold", required=False))
-    label_map = infer_label_map(train, label_column, names_column)
-    collator = AudioCollator(audio_column, label_column, label_map, extractor.sampling_rate,
-                             max_samples_for_frames(extractor.max_length, extractor), extractor.win_length)
+    train = select_split(dataset, args.train_split)
+    # The label / names / fold columns and the label map by the rules finetune.py's data (specpatch.data.AudioData)
+    # uses; single- or multi-label follows from the label column's type.
+    found = detect_label_columns(train.features, args.label_column, args.label_names_column, args.fold_column,
+                                 folds=not args.no_cross_validation)
+    label_column, fold_column = found.label, found.fold
+    label_map = infer_label_map(train, label_column, found.label_names)
+    collator = AudioCollator.for_extractor(extractor, audio_column, label_column, label_map)
     columns = [audio_column, label_column]
 
     # 1. Features (cached).

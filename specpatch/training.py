@@ -276,7 +276,8 @@ def cpu_multiprocess() -> bool:
 def make_accelerator(args):
     """The `Accelerator` and logging set-up shared by the training scripts.
 
-    Reads `args.gradient_accumulation_steps`, `mixed_precision`, `report_to`, `output_dir` and `seed`; joins CPU-only
+    Reads `args.gradient_accumulation_steps` (1 when absent), `mixed_precision`, `report_to`, `output_dir` and `seed`;
+    joins CPU-only
     processes with gloo (`cpu_multiprocess`), logs INFO to stdout on the local main process only, quiets accelerate's
     per-file checkpoint lines and the datasets / transformers chatter, and seeds every library.
     """
@@ -291,7 +292,7 @@ def make_accelerator(args):
     check_distributed_engine()  # before Accelerator(): FSDP on a CPU-only machine fails inside it
     accelerator = Accelerator(
         cpu=cpu_multiprocess(),
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        gradient_accumulation_steps=getattr(args, "gradient_accumulation_steps", 1),
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
         project_dir=args.output_dir,

@@ -212,9 +212,9 @@ def test_spectrogram_mixup_is_timm_batch_mixup():
     mixed, targets, lam = mixup(x, labels, generator=torch.Generator().manual_seed(1), return_lambda=True)
     assert torch.all(lam == lam[0]) and 0.0 < float(lam[0]) < 1.0  # one lambda for the whole batch
     one_hot = torch.nn.functional.one_hot(labels, 3).float()
-    l = float(lam[0])
-    assert torch.allclose(mixed, l * x + (1 - l) * x.flip(0), atol=1e-6)  # each clip with the batch reversed
-    assert torch.allclose(targets, l * one_hot + (1 - l) * one_hot.flip(0), atol=1e-6)
+    weight = float(lam[0])
+    assert torch.allclose(mixed, weight * x + (1 - weight) * x.flip(0), atol=1e-6)  # each clip with the batch reversed
+    assert torch.allclose(targets, weight * one_hot + (1 - weight) * one_hot.flip(0), atol=1e-6)
     # prob: the share of mixed batches over many draws (EAT: 0.9); unmixed batches come back unchanged.
     mixup = SpectrogramMixup(alpha=0.8, prob=0.9, num_classes=3)
     generator = torch.Generator().manual_seed(0)
