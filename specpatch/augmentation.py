@@ -43,6 +43,8 @@ import scipy.special
 import torch
 from torch import nn
 
+from . import specmask_kernels
+
 # ----------------------------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------------------------
@@ -163,22 +165,21 @@ def _empty_like(x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.empty(x.shape, np_type)).view(x.dtype)
 
 
-def _paint(target: torch.Tensor, values: torch.Tensor, boxes: _Boxes, numpy_views: bool | None = None) -> None:
-    """Sets the boxes' cells of the contiguous `(batch, frames, mel)` `target` to `values[sample]` (`values`:
-    `(batch,)`, target's dtype) in place: two scatters (whole frame rows, then local cells) for the whole batch.
+def _paint(target: torch.Tensor, values: torch.Tensor, placement: _Placement, on_host: bool | None = None) -> None:
+    """Sets the placed boxes' cells of the contiguous `(batch, frames, mel)` `target` to `values[sample]` (`values`:
+    `(batch,)`, target's dtype) in place.
 
-    On CPU the scatters run on numpy views of the memory (a bit pattern of the same width for dtypes numpy lacks,
-    such as bfloat16), which index far faster than torch's CPU indexing; on other devices the indices travel in one
-    (pinned, non-blocking) copy, so painting adds no host synchronisation."""
+    On CPU (`on_host`, the default there) the compiled `specmask_kernels.paint_boxes` writes one slice per box into a
+    numpy view of the memory (a bit pattern of the same width, so any dtype works, bfloat16 included). On other
+    devices the boxes become flat indices that travel in one (pinned, non-blocking) copy and two scatters (whole
+    frame rows of the full-frequency masks, then the local masks' cells), so painting adds no host synchronisation."""
     batch, frames, mel = target.shape
-    if numpy_views if numpy_views is not None else target.device.type == "cpu":
-        if target.dtype != torch.bool:
-            int_type = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[target.element_size()]
-            target, values = target.view(int_type), values.view(int_type)
-        flat, bits = target.numpy().reshape(-1), values.numpy()
-        flat.reshape(batch * frames, mel)[boxes.rows] = bits[boxes.row_sample, None]
-        flat[boxes.cells] = bits[boxes.cell_sample]
+    if on_host if on_host is not None else target.device.type == "cpu":
+        int_type = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[target.element_size()]
+        bits, value_bits = target.detach().view(int_type).numpy(), values.detach().view(int_type).numpy()
+        specmask_kernels.paint_boxes(bits, value_bits, placement.boxes, placement.count)
         return
+    boxes = placement.flat(frames, mel)
     sizes = [len(a) for a in boxes]
     packed = torch.from_numpy(np.concatenate(boxes).astype(np.int64))
     packed = packed.pin_memory() if target.is_cuda else packed
@@ -205,7 +206,6 @@ class SpecMaskDraw(NamedTuple):
             (samples that needed fewer masks than `max_masks` have padding rows, all zeros).
         area (`torch.LongTensor` of shape `(batch,)`): masked cells per sample (sum of the placed boxes' areas).
         draws (`torch.LongTensor` of shape `(batch,)`): masks drawn per sample, placed or dropped.
-        rounds (`int`): number of vectorised rounds run (each draws at most one mask per sample).
     """
 
     mask: torch.Tensor
@@ -214,29 +214,23 @@ class SpecMaskDraw(NamedTuple):
     placed: torch.Tensor
     area: torch.Tensor
     draws: torch.Tensor
-    rounds: int
 
 
 class _Placement(NamedTuple):
-    """Result of `SpecMask._place` (numpy): placed boxes as half-open intervals, `(batch, slots)` each."""
+    """Result of `specmask_kernels.place_masks` for a batch (numpy arrays, see there)."""
 
-    t0: np.ndarray
-    t1: np.ndarray
-    f0: np.ndarray
-    f1: np.ndarray
-    full: np.ndarray
-    count: np.ndarray
-    area: np.ndarray
-    draws: np.ndarray
-    rounds: int
+    boxes: np.ndarray  # (batch, capacity, 4) int64: frame_start, mel_start, width, height
+    full: np.ndarray  # (batch, capacity) bool
+    count: np.ndarray  # (batch,) masks placed
+    area: np.ndarray  # (batch,) cells masked
+    draws: np.ndarray  # (batch,) masks drawn, placed or dropped
 
     def flat(self, num_frames: int, num_mel: int) -> _Boxes:
-        placed = np.arange(self.t0.shape[1]) < self.count[:, None]
+        """The placed boxes as flat cell indices (for painting on other devices than the CPU)."""
+        placed = np.arange(self.boxes.shape[1]) < self.count[:, None]
         sample = np.nonzero(placed)[0]
-        return _box_indices(
-            sample, self.t0[placed], self.t1[placed], self.f0[placed], self.f1[placed], self.full[placed],
-            num_frames, num_mel,
-        )  # fmt: skip
+        t0, f0, w, h = (self.boxes[..., i][placed] for i in range(4))
+        return _box_indices(sample, t0, t0 + w, f0, f0 + h, self.full[placed], num_frames, num_mel)
 
 
 class SpecMask(nn.Module):
@@ -260,30 +254,24 @@ class SpecMask(nn.Module):
     is `p H / (p H + (1 - p) E[h])` when no mask is dropped, e.g. `0.7 * 128 / (0.7 * 128 + 0.3 * 64.5) = 0.822`
     for the AudioSet preset. This class implements Algorithm 1 (70 % of the *masks*), as the paper's code would.
 
-    **Vectorisation.** Masks never overlap, so a sample's mask map is fully described by its few placed rectangles,
-    and the whole placement runs on those rectangles (small integer arrays, in numpy on the CPU), never on the
-    spectrogram. Samples advance in lock-step rounds: in round `j` every sample still under budget takes its `j`-th
-    mask (sizes and candidate positions for a block of rounds are drawn at once) and tests its candidate positions
-    against its placed rectangles with an interval test, all samples and candidates in one array operation; the
-    first free candidate is kept, a mask without one is dropped (Algorithm 1's next draw is simply the next round).
-    Candidates are tested 8 at a time: when all of a mask's first 8 positions overlap (rare below ~50 % coverage)
-    the rest of its `max_tries` positions are drawn and tested; since the positions are i.i.d., the first free one
-    is the same draw as in the one-try-at-a-time loop, so the distribution is exactly Algorithm 1's. Python loops run
-    over rounds only (about the largest number of masks in the batch), never over samples, tries or cells. Then the
-    masked cells are written in two scatters for the whole batch (full-frequency masks as whole frame rows, local
-    masks as cells) directly into the output; nothing of the spectrogram's size is built besides the output.
+    **Implementation.** Masks never overlap, so a sample's mask map is fully described by its few placed
+    rectangles, and Algorithm 1 runs on those rectangles (an interval test of each candidate position against the
+    sample's placed masks), never on the spectrogram; each placed rectangle is then written as one slice. Both loops
+    (`specpatch/specmask_kernels.py`) are compiled with numba (once per machine, cached on disk) and take tens of
+    microseconds per batch, so what remains is the per-sample mean and, unless `inplace=True`, the copy of the batch.
+    Without numba the same Python functions run, slower, with the same results.
 
     **Randomness.** One 63-bit seed is drawn from `generator` (torch's global CPU generator when none is given) and
-    seeds a numpy PCG64 generator that makes every draw: the same generator state gives the same masks, on any
-    device. On CUDA, the masks cost no host synchronisation per round: the placement runs on the host and the
-    indices are copied once (pinned, non-blocking); only a CUDA `generator` costs one synchronisation per batch (to
-    read the seed).
+    seeds a numpy PCG64 generator that makes every draw, sample after sample in Algorithm 1's order: the same
+    generator state gives the same masks, on any device. On CUDA the placement runs on the host and the indices are
+    copied once (pinned, non-blocking), so the masks cost no host synchronisation beyond reading the seed of a CUDA
+    `generator` (one per batch).
 
     **Unreachable budgets.** `budget > frames * mel` raises a `ValueError` (as do `max_height > mel` and
     `max_width > frames`). Otherwise the budget is always reachable in principle (a 1 x 1 local mask fits any free
     cell), but may take very many draws when the free space is fragmented and the budget close to the whole area, so
-    at most `max_draws` masks (placed or dropped) are drawn per sample, which also bounds the number of rounds;
-    samples still under budget then are returned as they are, with a `RuntimeWarning`.
+    at most `max_draws` masks (placed or dropped) are drawn per sample; samples still under budget then are returned
+    as they are, with a `RuntimeWarning`.
 
     The module applies whenever it is called (it ignores `self.training`); call it from the training loop only.
 
@@ -311,8 +299,6 @@ class SpecMask(nn.Module):
     """AudioSet preset of the paper: 20 % of 128 x 1000, masks up to 128 mel x 128 frames."""
     SPEECH_COMMANDS = {"budget": 1_024, "max_height": 128, "max_width": 16}
     """Speech Commands preset of the paper (128 x 128 inputs): 1,024 cells, masks up to 128 mel x 16 frames."""
-
-    _FIRST_TRIES = 8  # candidate positions tested per mask before the rest of `max_tries` are drawn
 
     def __init__(
         self,
@@ -370,90 +356,13 @@ class SpecMask(nn.Module):
         return np.random.Generator(np.random.PCG64(int(seed)))
 
     def _place(self, batch: int, T: int, F: int, rng: np.random.Generator) -> _Placement:
-        """Algorithm 1 for the whole batch on rectangles (numpy), see the class docstring."""
-        p, budget, max_draws = self.full_frequency_prob, self.budget, self.max_draws
-        first = min(self.max_tries, self._FIRST_TRIES)
-        more = self.max_tries - first
-        mean_area = ((self.max_width + 1) / 2) * (p * F + (1 - p) * (self.max_height + 1) / 2)
-        slots = 8
-        t0, t1, f0, f1 = (np.zeros((batch, slots), np.int64) for _ in range(4))  # unused slots: empty intervals
-        full = np.zeros((batch, slots), bool)
-        count, area, draws = (np.zeros(batch, np.int64) for _ in range(3))
-        rounds = 0
-        while True:
-            active = np.flatnonzero((area < budget) & (draws < max_draws))
-            n = active.size
-            if n == 0:
-                break
-            # A block of rounds: enough masks for most samples to reach the budget (more blocks follow if not).
-            need = int((budget - area[active]).max())
-            num = min(max(2, math.ceil(1.5 * need / mean_area) + 1), 64, max_draws - int(draws[active].min()))
-            # Lines 9-16: mask type and size, and the first candidate positions (uniform where the mask fits).
-            u = rng.random((n, num, 3 + 2 * first))
-            m_full = u[:, :, 0] < p
-            m_w = (u[:, :, 1] * self.max_width).astype(np.int64) + 1
-            m_h = np.where(m_full, F, (u[:, :, 2] * self.max_height).astype(np.int64) + 1)
-            c_t0 = (u[:, :, 3 : 3 + first] * (T - m_w + 1)[..., None]).astype(np.int64)
-            c_f0 = (u[:, :, 3 + first :] * (F - m_h + 1)[..., None]).astype(np.int64)
-            used = int(count[active].max())
-            if used + num > slots:
-                grow = max(2 * slots, used + num) - slots
-                t0, t1, f0, f1 = (np.pad(a, ((0, 0), (0, grow))) for a in (t0, t1, f0, f1))
-                full = np.pad(full, ((0, 0), (0, grow)))
-                slots += grow
-            b_t0, b_t1, b_f0, b_f1, b_full = (a[active] for a in (t0, t1, f0, f1, full))
-            b_count, b_area, b_draws = count[active], area[active], draws[active]
-            rows = np.arange(n)
-            for j in range(num):
-                live = (b_area < budget) & (b_draws < max_draws)
-                if not live.any():
-                    break
-                rounds += 1
-                w, h = m_w[:, j], m_h[:, j]
-                cand_t, cand_f = c_t0[:, j], c_f0[:, j]
-                free = self._free(cand_t, cand_f, w, h, b_t0, b_t1, b_f0, b_f1, used)
-                ok = free.any(1)
-                pick = free.argmax(1)
-                sel_t, sel_f = cand_t[rows, pick], cand_f[rows, pick]
-                retry = np.flatnonzero(live & ~ok)
-                if more and retry.size:  # the rest of max_tries for the masks whose first candidates all overlap
-                    r_w, r_h = w[retry], h[retry]
-                    u2 = rng.random((retry.size, 2, more))
-                    r_t = (u2[:, 0] * (T - r_w + 1)[:, None]).astype(np.int64)
-                    r_f = (u2[:, 1] * (F - r_h + 1)[:, None]).astype(np.int64)
-                    free2 = self._free(
-                        r_t, r_f, r_w, r_h, b_t0[retry], b_t1[retry], b_f0[retry], b_f1[retry], used
-                    )
-                    pick2 = free2.argmax(1)
-                    ok[retry] = free2.any(1)
-                    sel_t[retry] = r_t[np.arange(retry.size), pick2]
-                    sel_f[retry] = r_f[np.arange(retry.size), pick2]
-                b_draws += live
-                # Lines 17-19: record the placed masks.
-                idx = np.flatnonzero(live & ok)
-                if idx.size:
-                    slot = b_count[idx]
-                    b_t0[idx, slot], b_t1[idx, slot] = sel_t[idx], sel_t[idx] + w[idx]
-                    b_f0[idx, slot], b_f1[idx, slot] = sel_f[idx], sel_f[idx] + h[idx]
-                    b_full[idx, slot] = m_full[idx, j]
-                    b_count[idx] += 1
-                    b_area[idx] += w[idx] * h[idx]
-                    used += 1
-            t0[active], t1[active], f0[active], f1[active], full[active] = b_t0, b_t1, b_f0, b_f1, b_full
-            count[active], area[active], draws[active] = b_count, b_area, b_draws
-        return _Placement(t0, t1, f0, f1, full, count, area, draws, rounds)
-
-    @staticmethod
-    def _free(cand_t, cand_f, w, h, b_t0, b_t1, b_f0, b_f1, used: int) -> np.ndarray:
-        """`(n, tries)`: candidates (top-left corners `(n, tries)`, sizes `(n,)`) that overlap none of the first
-        `used` placed rectangles of their sample (two half-open intervals intersect iff each starts before the
-        other ends; empty slots never intersect)."""
-        if used == 0:
-            return np.ones(cand_t.shape, bool)
-        p_t0, p_t1, p_f0, p_f1 = (a[:, None, :used] for a in (b_t0, b_t1, b_f0, b_f1))
-        ct, cf = cand_t[..., None], cand_f[..., None]
-        overlap = (ct < p_t1) & (p_t0 < ct + w[:, None, None]) & (cf < p_f1) & (p_f0 < cf + h[:, None, None])
-        return ~overlap.any(-1)
+        """Algorithm 1 for the whole batch on rectangles (`specmask_kernels.place_masks`)."""
+        outputs = specmask_kernels.empty_outputs(batch, min(self.max_draws, self.budget))
+        specmask_kernels.place_masks(
+            rng, T, F, self.budget, self.max_height, self.max_width, self.full_frequency_prob, self.max_tries,
+            self.max_draws, *outputs,
+        )  # fmt: skip
+        return _Placement(*outputs)
 
     def sample_masks(
         self,
@@ -474,18 +383,17 @@ class SpecMask(nn.Module):
         placement = self._draw(batch_size, num_frames, num_mel, generator)
         out_device = torch.device(device) if device is not None else _random_device(generator)
         mask = torch.zeros(batch_size, num_frames, num_mel, dtype=torch.bool, device=out_device)
-        _paint(mask, torch.ones(batch_size, dtype=torch.bool, device=out_device), placement.flat(num_frames, num_mel))
+        _paint(mask, torch.ones(batch_size, dtype=torch.bool, device=out_device), placement)
         max_masks = int(placement.count.max())
-        boxes = np.stack([placement.t0, placement.f0, placement.t1 - placement.t0, placement.f1 - placement.f0], -1)
         placed = np.arange(max_masks) < placement.count[:, None]
+        boxes = np.where(placed[..., None], placement.boxes[:, :max_masks], 0)  # padding rows: zeros
         return SpecMaskDraw(
             mask=mask,
-            boxes=torch.from_numpy(np.ascontiguousarray(boxes[:, :max_masks])).to(out_device),
+            boxes=torch.from_numpy(boxes).to(out_device),
             full_frequency=torch.from_numpy(np.ascontiguousarray(placement.full[:, :max_masks])).to(out_device),
             placed=torch.from_numpy(placed).to(out_device),
             area=torch.from_numpy(placement.area).to(out_device),
             draws=torch.from_numpy(placement.draws).to(out_device),
-            rounds=placement.rounds,
         )
 
     def _draw(self, batch: int, T: int, F: int, generator) -> _Placement:
@@ -530,13 +438,22 @@ class SpecMask(nn.Module):
             raise ValueError("SpecMask(inplace=True) needs a contiguous input_values tensor.")
         with torch.no_grad():
             placement = self._draw(B, T, F, generator)
-            boxes = placement.flat(T, F)
-            fill = _fill_values(x, self.mask_value).reshape(-1).expand(B).contiguous()
-            out = x if inplace else _empty_like(x).copy_(x)
-            _paint(out, fill, boxes)
+            if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.is_contiguous():
+                # one compiled pass per sample: copy (unless in place), the sample's mean, its masks
+                out = x if inplace else torch.empty_like(x, memory_format=torch.contiguous_format)
+                use_mean = self.mask_value == "mean"
+                fill = torch.full((B,), 0.0 if use_mean else self.mask_value, dtype=x.dtype)
+                specmask_kernels.mask_spectrograms(
+                    x.detach().numpy(), out.detach().numpy(), fill.numpy(), not inplace, use_mean,
+                    placement.boxes, placement.count,
+                )  # fmt: skip
+            else:
+                fill = _fill_values(x, self.mask_value).reshape(-1).expand(B).contiguous()
+                out = x if inplace else _empty_like(x).copy_(x)
+                _paint(out, fill, placement)
             if return_mask:
                 mask = torch.zeros(B, T, F, dtype=torch.bool, device=x.device)
-                _paint(mask, torch.ones(B, dtype=torch.bool, device=x.device), boxes)
+                _paint(mask, torch.ones(B, dtype=torch.bool, device=x.device), placement)
         if squeeze:
             out = out[0]
             mask = mask[0] if return_mask else None

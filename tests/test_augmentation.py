@@ -10,6 +10,7 @@ import scipy.stats
 import torch
 
 from specpatch.augmentation import SpecAugment, SpecMask, WaveformMixup, sample_beta, spec_mask_reference
+from specpatch import specmask_kernels
 
 
 def _gen(seed):
@@ -175,27 +176,52 @@ def test_reference_invariants_and_fill():
     assert torch.equal(out, out2)
 
 
-def test_specmask_overlap_test_matches_bitmap():
-    """The interval test accepts exactly the candidates whose cells are all free on a painted occupancy map."""
+@pytest.mark.parametrize("compiled", [True, False])
+def test_specmask_overlap_test_matches_bitmap(compiled):
+    """The interval test accepts exactly the candidates whose cells are all free on a painted occupancy map (the
+    compiled kernel and the Python function it is compiled from)."""
+    overlaps = specmask_kernels.overlaps_placed if compiled else specmask_kernels.PYTHON_FUNCTIONS["overlaps_placed"]
     rng = np.random.default_rng(8)
-    n, slots, tries, frames, mel = 50, 12, 30, 40, 20
-    t0, f0 = rng.integers(0, frames - 5, (n, slots)), rng.integers(0, mel - 5, (n, slots))
-    t1, f1 = t0 + rng.integers(1, 6, (n, slots)), f0 + rng.integers(1, 6, (n, slots))
-    unused = rng.random((n, slots)) < 0.3  # slots not filled yet hold the empty box (0, 0, 0, 0)
-    for a in (t0, t1, f0, f1):
-        a[unused] = 0
-    w, h = rng.integers(1, 8, n), rng.integers(1, 8, n)
-    cand_t, cand_f = rng.integers(0, frames - 8, (n, tries)), rng.integers(0, mel - 8, (n, tries))
-    for used in (0, 5, slots):
-        free = SpecMask._free(cand_t, cand_f, w, h, t0, t1, f0, f1, used)
-        for b in range(n):
+    n, slots, tries, frames, mel = 30, 12, 20, 40, 20
+    boxes = np.stack(
+        [rng.integers(0, frames - 5, (n, slots)), rng.integers(0, mel - 5, (n, slots)),
+         rng.integers(1, 6, (n, slots)), rng.integers(1, 6, (n, slots))], -1,
+    )  # fmt: skip
+    for b in range(n):
+        for used in (0, 5, slots):
             occupied = np.zeros((frames, mel), bool)
-            for s in range(used):
-                occupied[t0[b, s] : t1[b, s], f0[b, s] : f1[b, s]] = True
-            expected = [
-                not occupied[t : t + w[b], f : f + h[b]].any() for t, f in zip(cand_t[b], cand_f[b])
-            ]
-            assert free[b].tolist() == expected
+            for t0, f0, w, h in boxes[b, :used]:
+                occupied[t0 : t0 + w, f0 : f0 + h] = True
+            for _ in range(tries):
+                w, h = rng.integers(1, 8, 2)
+                t, f = rng.integers(0, frames - 8), rng.integers(0, mel - 8)
+                assert overlaps(boxes, b, used, t, f, w, h) == bool(occupied[t : t + w, f : f + h].any())
+
+
+def test_specmask_kernels_compiled_match_python():
+    """numba is installed (a dependency), and the compiled kernels give exactly what the Python functions they are
+    compiled from give (the masks do not depend on whether numba is there)."""
+    assert specmask_kernels.is_compiled()
+    python = specmask_kernels.PYTHON_FUNCTIONS
+    for kwargs in (SMALL, DENSE, DENSE_MORE_TRIES):
+        args = (120, 40, kwargs["budget"], kwargs["max_height"], kwargs["max_width"], 0.7,
+                kwargs.get("max_tries", 100), 1000)  # fmt: skip
+        compiled_out = specmask_kernels.empty_outputs(50, 1000)
+        python_out = specmask_kernels.empty_outputs(50, 1000)
+        specmask_kernels.place_masks(np.random.Generator(np.random.PCG64(5)), *args, *compiled_out)
+        python["place_masks"](np.random.Generator(np.random.PCG64(5)), *args, *python_out)
+        count = compiled_out[2]
+        assert np.array_equal(count, python_out[2]) and count.min() >= 1
+        for a, b in zip(compiled_out, python_out):
+            if a.ndim > 1:
+                placed = np.arange(a.shape[1]) < count[:, None]
+                a, b = a[placed], b[placed]
+            assert np.array_equal(a, b)
+        values = np.arange(1, 51, dtype=np.float32)
+        painted = [np.zeros((50, 120, 40), np.float32) for _ in range(2)]
+        specmask_kernels.paint_boxes(painted[0], values, compiled_out[0], count)
+        python["paint_boxes"](painted[1], values, compiled_out[0], count)
+        assert np.array_equal(*painted) and (painted[0] != 0).sum() == compiled_out[3].sum()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -420,24 +446,25 @@ def test_mixup_errors():
 
 
 def test_paint_matches_loop():
-    """The two-scatter painter equals painting box by box (full-frequency rows and local boxes, any dtype)."""
-    from specpatch.augmentation import _box_indices, _paint
+    """Painting (compiled slices on the host, flat-index scatters elsewhere) equals painting box by box, any dtype."""
+    from specpatch.augmentation import _paint
 
-    draw = SpecMask(**DENSE).sample_masks(6, 120, 40, generator=_gen(11))
-    placed = draw.placed
-    sample = torch.nonzero(placed)[:, 0].numpy()
-    t0, f0, w, h = (v.numpy() for v in draw.boxes[placed].unbind(-1))
-    boxes = _box_indices(sample, t0, t0 + w, f0, f0 + h, draw.full_frequency[placed].numpy(), 120, 40)
+    module = SpecMask(**DENSE)
+    placement = module._place(6, 120, 40, np.random.default_rng(11))
+    draw_mask = torch.zeros(6, 120, 40, dtype=torch.bool)
     values = torch.arange(1, 7, dtype=torch.float32)
     for dtype in (torch.float32, torch.bfloat16, torch.float64):
         expected = torch.zeros(6, 120, 40, dtype=dtype)
-        for b, a, c, ww, hh in zip(sample, t0, f0, w, h):
-            expected[b, a : a + ww, c : c + hh] = values[b]
-        for numpy_views in (True, False):  # False: the torch-indexing path other devices take
+        for b in range(6):
+            for t0, f0, w, h in placement.boxes[b, : placement.count[b]]:
+                expected[b, t0 : t0 + w, f0 : f0 + h] = values[b]
+        for on_host in (True, False):  # False: the index path other devices take
             target = torch.zeros(6, 120, 40, dtype=dtype)
-            _paint(target, values.to(dtype), boxes, numpy_views=numpy_views)
+            _paint(target, values.to(dtype), placement, on_host=on_host)
             assert torch.equal(target, expected)
-    assert torch.equal(expected != 0, draw.mask)
+    _paint(draw_mask, torch.ones(6, dtype=torch.bool), placement)
+    assert torch.equal(expected != 0, draw_mask)
+    assert torch.equal(draw_mask.sum((1, 2)), torch.from_numpy(placement.area))
 
 
 def test_specmask_inplace():
