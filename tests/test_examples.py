@@ -122,6 +122,10 @@ def test_finetune_builtin_recipe_quick(tmp_path):
     assert "Pipeline on" in output and "Done in" in output
 
 
+def checkpoint_step(path) -> int:
+    return int(os.path.basename(str(path)).split("_")[-1])
+
+
 def test_finetune_speech_commands_selects_the_best_validation_state(tmp_path):
     """The Speech Commands V2 protocol (AST / EAT): validation after every epoch, the best-validation state is the one
     tested and saved. The validation labels are rotated among the words, so training makes the model worse on them
@@ -136,13 +140,11 @@ def test_finetune_speech_commands_selects_the_best_validation_state(tmp_path):
 
     data = make_converted_speech_commands(str(tmp_path / "sc"), mislabeled_validation=True)
     out = tmp_path / "run"
-    output = run(
-        [sys.executable, FINETUNE, "--recipe", "fftp-speechcommands", *TINY_ARGS, "--dataset_name", data,
-         "--batch_size", "4", "--num_epochs", "4", "--learning_rate", "2e-3", "--warmup_steps", "2",
-         "--specmask_budget", "512", "--specmask_max_width", "8", "--checkpointing_steps", "4",
-         "--checkpoints_total_limit", "10", "--no_pipeline_demo", "--output_dir", str(out)],
-        tmp_path,
-    )
+    command = [sys.executable, FINETUNE, "--recipe", "fftp-speechcommands", *TINY_ARGS, "--dataset_name", data,
+               "--batch_size", "4", "--num_epochs", "4", "--learning_rate", "2e-3", "--warmup_steps", "2",
+               "--specmask_budget", "512", "--specmask_max_width", "8", "--checkpointing_steps", "4",
+               "--checkpoints_total_limit", "10", "--no_pipeline_demo"]
+    output = run([*command, "--output_dir", str(out)], tmp_path)
     results = json.loads((out / "all_results.json").read_text())
     history = results["history"]
     # 16 training clips, 4 per step: validation after every epoch (steps 4, 8, 12) and at the end (16), never the test.
@@ -174,6 +176,17 @@ def test_finetune_speech_commands_selects_the_best_validation_state(tmp_path):
         with torch.no_grad():
             correct += int(model(input_values=features).logits.argmax(-1).item() == row["label"])
     assert results["eval_accuracy"] == pytest.approx(correct / len(test)) and results["eval_skipped_clips"] == 0
+
+    # A run resumed after the selection keeps it (the kept state travels in the checkpoints).
+    resumed = tmp_path / "resumed"
+    checkpoint = out / "checkpoints" / f"step_{results['selected_step'] + 4:08d}"
+    run([*command, "--output_dir", str(resumed), "--resume", str(checkpoint)], tmp_path)
+    again = json.loads((resumed / "all_results.json").read_text())
+    assert again["selected_step"] == results["selected_step"] and again["eval_accuracy"] == results["eval_accuracy"]
+    # The checkpoint of an epoch's last step is written before that epoch's validation, which the resumed run does.
+    assert again["history"] == [h for h in history if h["step"] >= checkpoint_step(checkpoint)]
+    reloaded = load_file(str(resumed / "model.safetensors"))
+    assert all(torch.equal(saved[k], reloaded[k]) for k in saved)
 
 
 def test_finetune_esc50_fold_and_linear_probe(esc50_dir, tmp_path):
