@@ -853,6 +853,8 @@ class AudioData:
 
         validation_split = getattr(args, "validation_split", None)
         validation_split = None if validation_split in (None, "", "none") else validation_split
+        if validation_split and set(split_names(validation_split)) & set(split_names(train_split)):
+            raise ValueError(f"--validation_split {validation_split!r} overlaps the training split {train_split!r}.")
         validation = select_split(dataset, validation_split) if validation_split else None
         eval_split = None
         if args.eval_fold is None:

@@ -204,6 +204,7 @@ class ModelSelection:
     `metrics[metric]` is strictly better than the best so far (the earliest of equal scores wins, as AST's
     `acc > best_acc`; a NaN score never wins). `restore(model)` loads the kept state. Checkpointed through
     `state_dict` / `load_state_dict` (`accelerator.register_for_checkpointing`), so a resumed run continues selecting.
+    Cost: one copy of the weights in CPU memory per process, and in every checkpoint.
 
     Args:
         metric (`str`): key of the evaluation metrics to select by (`accuracy`, `mAP`, ...).

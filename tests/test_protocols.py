@@ -126,6 +126,9 @@ def test_speech_commands_recipes_use_the_protocol(finetune, converted, tmp_path)
     args, data = data_for(finetune, ["--recipe", "fftp-speechcommands", "--dataset_name", converted[0],
                                      "--validation_split", "none"], tmp_path)
     assert data.validation is None and data.eval_split == "test"
+    with pytest.raises(ValueError, match="overlaps the training split"):
+        data_for(finetune, ["--recipe", "fftp-speechcommands", "--dataset_name", converted[0],
+                            "--validation_split", "train"], tmp_path)
     for recipe in ("builtin", "fftp-audioset", "aape-as20k", "aape-as2m", "aape-esc50"):
         assert finetune.parse_args(["--recipe", recipe]).validation_split is None
     # A recipe that names its dataset keeps its splits only for that dataset.
