@@ -218,6 +218,17 @@ def test_finetune_esc50_fold_and_linear_probe(esc50_dir, tmp_path):
     assert "Loaded cached train features" in output and "already done" in output
 
 
+def test_linear_probe_multi_label_train_test_splits(audioset_dir, tmp_path):
+    """AudioSet's layout (no folds): the probe reads the same label column and 527-class multi-label map as
+    finetune.py (one detection path, `specpatch.data`), fits on train, reports mAP on test, skips the corrupt clip."""
+    probe = tmp_path / "probe"
+    run([sys.executable, LINEAR_PROBE, "--model_type", "fftp_ast", "--config_overrides", TINY, "--max_length", "64",
+         "--dataset_name", audioset_dir, "--steps", "20", "--num_workers", "0", "--output_dir", str(probe)], tmp_path)
+    results = json.loads((probe / "probe_results.json").read_text())
+    assert results["metric"] == "mAP" and sorted(results["folds"]) == ["test"]
+    assert 0.0 < results["mean"] <= 1.0 and results["skipped_clips"] == 1 and results["num_clips"] == 7 + 4
+
+
 def test_accelerate_two_processes_disjoint_data_and_exact_resume(audioset_dir, tmp_path):
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", FINETUNE]
