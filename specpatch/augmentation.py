@@ -43,7 +43,7 @@ import scipy.special
 import torch
 from torch import nn
 
-from . import specmask_kernels
+from . import cpu_kernels
 
 # ----------------------------------------------------------------------------------------------------------------
 # Helpers
@@ -169,7 +169,7 @@ def _paint(target: torch.Tensor, values: torch.Tensor, placement: _Placement, on
     """Sets the placed boxes' cells of the contiguous `(batch, frames, mel)` `target` to `values[sample]` (`values`:
     `(batch,)`, target's dtype) in place.
 
-    On CPU (`on_host`, the default there) the compiled `specmask_kernels.paint_boxes` writes one slice per box into a
+    On CPU (`on_host`, the default there) the compiled `cpu_kernels.paint_boxes` writes one slice per box into a
     numpy view of the memory (a bit pattern of the same width, so any dtype works, bfloat16 included). On other
     devices the boxes become flat indices that travel in one (pinned, non-blocking) copy and two scatters (whole
     frame rows of the full-frequency masks, then the local masks' cells), so painting adds no host synchronisation."""
@@ -177,7 +177,7 @@ def _paint(target: torch.Tensor, values: torch.Tensor, placement: _Placement, on
     if on_host if on_host is not None else target.device.type == "cpu":
         int_type = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[target.element_size()]
         bits, value_bits = target.detach().view(int_type).numpy(), values.detach().view(int_type).numpy()
-        specmask_kernels.paint_boxes(bits, value_bits, placement.boxes, placement.count)
+        cpu_kernels.paint_boxes(bits, value_bits, placement.boxes, placement.count)
         return
     boxes = placement.flat(frames, mel)
     sizes = [len(a) for a in boxes]
@@ -217,7 +217,7 @@ class SpecMaskDraw(NamedTuple):
 
 
 class _Placement(NamedTuple):
-    """Result of `specmask_kernels.place_masks` for a batch (numpy arrays, see there)."""
+    """Result of `cpu_kernels.place_masks` for a batch (numpy arrays, see there)."""
 
     boxes: np.ndarray  # (batch, capacity, 4) int64: frame_start, mel_start, width, height
     full: np.ndarray  # (batch, capacity) bool
@@ -257,7 +257,7 @@ class SpecMask(nn.Module):
     **Implementation.** Masks never overlap, so a sample's mask map is fully described by its few placed
     rectangles, and Algorithm 1 runs on those rectangles (an interval test of each candidate position against the
     sample's placed masks), never on the spectrogram; each placed rectangle is then written as one slice. Both loops
-    (`specpatch/specmask_kernels.py`) are compiled with numba (once per machine, cached on disk) and take tens of
+    (`specpatch/cpu_kernels.py`) are compiled with numba (once per machine, cached on disk) and take tens of
     microseconds per batch, so what remains is the per-sample mean and, unless `inplace=True`, the copy of the batch.
     Without numba the same Python functions run, slower, with the same results.
 
@@ -356,9 +356,9 @@ class SpecMask(nn.Module):
         return np.random.Generator(np.random.PCG64(int(seed)))
 
     def _place(self, batch: int, T: int, F: int, rng: np.random.Generator) -> _Placement:
-        """Algorithm 1 for the whole batch on rectangles (`specmask_kernels.place_masks`)."""
-        outputs = specmask_kernels.empty_outputs(batch, min(self.max_draws, self.budget))
-        specmask_kernels.place_masks(
+        """Algorithm 1 for the whole batch on rectangles (`cpu_kernels.place_masks`)."""
+        outputs = cpu_kernels.empty_outputs(batch, min(self.max_draws, self.budget))
+        cpu_kernels.place_masks(
             rng, T, F, self.budget, self.max_height, self.max_width, self.full_frequency_prob, self.max_tries,
             self.max_draws, *outputs,
         )  # fmt: skip
@@ -443,7 +443,7 @@ class SpecMask(nn.Module):
                 out = x if inplace else torch.empty_like(x, memory_format=torch.contiguous_format)
                 use_mean = self.mask_value == "mean"
                 fill = torch.full((B,), 0.0 if use_mean else self.mask_value, dtype=x.dtype)
-                specmask_kernels.mask_spectrograms(
+                cpu_kernels.mask_spectrograms(
                     x.detach().numpy(), out.detach().numpy(), fill.numpy(), not inplace, use_mean,
                     placement.boxes, placement.count,
                 )  # fmt: skip

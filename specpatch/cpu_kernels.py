@@ -21,6 +21,8 @@ is numpy's own bit stream), so the masks do not depend on whether numba is insta
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 try:  # numba is optional at import time: the uncompiled functions give the same results, only slower
@@ -169,4 +171,132 @@ def empty_outputs(batch: int, capacity: int):
     )
 
 
-__all__ = ["empty_outputs", "is_compiled", "mask_spectrograms", "overlaps_placed", "paint_boxes", "place_masks"]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Selective scan (Mamba's S6 recurrence), the per-chunk work of `selective_scan.py`'s CPU path
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _parallel(function):
+    """Compiled with numba's parallel loops (`prange` over the batch), cached; the plain function without numba."""
+    if numba is None:
+        return function
+    return numba.njit(cache=True, nogil=True, parallel=True, fastmath={"reassoc", "contract"})(function)
+
+
+_prange = numba.prange if numba is not None else range
+
+
+def _scan_chunk_forward_py(delta, A2, delta_u, B, C, carry, decay, states, y, t0, steps, save, compute_y):
+    """Steps `t0 .. t0 + steps - 1` of the recurrence `h_t = a_t h_{t-1} + (delta_t u_t) B_t` with
+    `a_t = exp(delta_t A) = exp2(delta_t A log2(e))`, and the readout `y_t = sum_n C_t[n] h_t[n]`.
+
+    `delta`, `delta_u`, `y` `(batch, length, dim)` and `B`, `C` `(batch, length, n)` are indexed by `t`; `A2`
+    `(n, dim)` is `A log2(e)`; `carry` `(batch, n, dim)`: the state before `t0` on entry, the last state on return.
+    With `compute_y`, the span's rows of `y` are written; with `save`, the decays and states go to `decay` and `states`
+    `(batch, >= steps, n, dim)` (row `t - t0`; placeholders otherwise). Parallel over the batch, vectorised over
+    channels; nothing of size `(batch, length, n, dim)` is ever built."""
+    batch, num_states, dim = carry.shape
+    for b in _prange(batch):
+        for step in range(steps):
+            t = t0 + step
+            x, dt = delta_u[b, t], delta[b, t]
+            out = y[b, t] if compute_y else y[0, 0]  # `y` may be a placeholder when unused
+            if compute_y:
+                for d in range(dim):
+                    out[d] = 0
+            for n in range(num_states):
+                b_n, c_n = B[b, t, n], C[b, t, n]
+                h, A2_n = carry[b, n], A2[n]
+                if save:
+                    a_out, h_out = decay[b, step, n], states[b, step, n]
+                    for d in range(dim):
+                        a = math.exp2(dt[d] * A2_n[d])
+                        value = a * h[d] + x[d] * b_n
+                        h[d] = value
+                        a_out[d] = a
+                        h_out[d] = value
+                elif compute_y:
+                    for d in range(dim):
+                        value = math.exp2(dt[d] * A2_n[d]) * h[d] + x[d] * b_n
+                        h[d] = value
+                        out[d] += c_n * value
+                else:
+                    for d in range(dim):
+                        h[d] = math.exp2(dt[d] * A2_n[d]) * h[d] + x[d] * b_n
+
+
+scan_chunk_forward = _parallel(_scan_chunk_forward_py)
+
+
+def _scan_chunk_backward_py(
+    decay, states, start, grad_y, B, C, delta, u, A, adjoint, grad_u, grad_delta, grad_A, grad_B, grad_C, scratch,
+    t0, steps,
+):  # fmt: skip
+    """The reverse-time pass over steps `t0 + steps - 1 .. t0` of the selective scan's backward (see
+    `selective_scan._scan_backward`).
+
+    With `G_t = dL/dh_t` (total), running backwards: `G_t = C_t gy_t + a_{t+1} G_{t+1}`; `adjoint` `(batch, n, dim)`
+    holds `a_{t+1} G_{t+1}` (on entry: the adjoint carried from after the span; on return: `dL/d(state before t0)`).
+    Per step, with `h_{t-1}` the previous state (`start` before `t0`): `dL/d(delta_t A) = G_t a_t h_{t-1}`,
+    `dL/d(delta_t u_t B_t) = G_t`, `dL/dC_t = gy_t h_t`.
+
+    `decay`, `states` `(batch, >= steps, n, dim)`: the span's `a_t` and `h_t` (row `t - t0`); `start` `(batch, n,
+    dim)`; `grad_y`, `delta`, `u`, `grad_u`, `grad_delta` `(batch, length, dim)` and `B`, `C`, `grad_B`, `grad_C`
+    `(batch, length, n)` indexed by `t`; `A` `(n, dim)`. The span's rows of `grad_u`, `grad_delta`, `grad_B`,
+    `grad_C` are written; `grad_A` `(batch, n, dim)` is accumulated per batch element (the caller sums it);
+    `scratch` `(batch, 2, dim)`."""
+    batch, _, num_states, dim = decay.shape
+    for b in _prange(batch):
+        delta_grad, adjoint_b = scratch[b, 0], scratch[b, 1]
+        for step in range(steps - 1, -1, -1):
+            t = t0 + step
+            for d in range(dim):
+                delta_grad[d] = 0
+                adjoint_b[d] = 0
+            gy, dt, ut = grad_y[b, t], delta[b, t], u[b, t]
+            previous = states[b, step - 1] if step > 0 else start[b]
+            for n in range(num_states):
+                b_n, c_n = B[b, t, n], C[b, t, n]
+                a, h, h_prev, carry = decay[b, step, n], states[b, step, n], previous[n], adjoint[b, n]
+                A_n, grad_A_n = A[n], grad_A[b, n]
+                sum_b = gy[0] * 0
+                sum_c = gy[0] * 0
+                for d in range(dim):
+                    g = carry[d] + c_n * gy[d]
+                    log_decay_grad = g * a[d] * h_prev[d]
+                    delta_grad[d] += log_decay_grad * A_n[d]
+                    grad_A_n[d] += log_decay_grad * dt[d]
+                    adjoint_b[d] += g * b_n
+                    sum_b += g * dt[d] * ut[d]
+                    sum_c += h[d] * gy[d]
+                    carry[d] = g * a[d]
+                grad_B[b, t, n] = sum_b
+                grad_C[b, t, n] = sum_c
+            for d in range(dim):
+                grad_delta[b, t, d] = delta_grad[d] + adjoint_b[d] * ut[d]
+                grad_u[b, t, d] = adjoint_b[d] * dt[d]
+
+
+scan_chunk_backward = _parallel(_scan_chunk_backward_py)
+
+
+def set_threads(count: int) -> None:
+    """Threads of the parallel kernels (numba's own pool), e.g. `torch.get_num_threads()`; bounded by numba's pool."""
+    if numba is not None:
+        numba.set_num_threads(max(1, min(int(count), numba.config.NUMBA_NUM_THREADS)))
+
+PYTHON_FUNCTIONS.update(scan_chunk_forward=_scan_chunk_forward_py, scan_chunk_backward=_scan_chunk_backward_py)
+
+__all__ = [
+    "empty_outputs",
+    "is_compiled",
+    "mask_spectrograms",
+    "overlaps_placed",
+    "paint_boxes",
+    "place_masks",
+    "scan_chunk_backward",
+    "scan_chunk_forward",
+    "set_threads",
+]

@@ -37,6 +37,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from . import cpu_kernels
+
 # Work tiles (batch x chunk x d_state x channels elements) are kept below this size; channels are split beyond it.
 # CPU tiles are large enough to amortise per-op overhead and small enough for the last-level cache; on GPUs larger
 # tiles mean fewer kernel launches.
@@ -51,6 +53,11 @@ _SEQUENTIAL_MIN_STEP_ELEMENTS = {"cpu": 2**14}
 # on a 2-core EPYC, batch 64 x 192 channels x 16 states: 2**19 is 1.5x faster than 2**21 and 2.4x than 2**22).
 _SEQUENTIAL_TILE_ELEMENTS = {"cpu": 2**19}
 _LOG2_E = 1.4426950408889634
+# CPU path with the compiled kernels (`cpu_kernels.scan_chunk_forward` / `_backward`): the sequence is processed in
+# segments of this many time steps; the forward pass saves the state before each segment for the backward pass,
+# which recomputes the segment's states (d_state 16: the saved states take about the memory of `u`).
+_CPU_SEGMENT_STEPS = 16
+_CPU_SEGMENT_MAX_ELEMENTS = 2**24  # segments get shorter when batch x steps x d_state x channels would exceed this
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -421,7 +428,8 @@ class _SelectiveScanFunction(torch.autograd.Function):
     def forward(ctx, u, delta_raw, A, B, C, D, z, delta_bias, delta_softplus, chunk_size):
         with torch.no_grad():
             delta = _time_steps(delta_raw, delta_bias, delta_softplus)
-            y, last_state, starts = _scan_forward(u, delta, A, B, C, chunk_size, any(ctx.needs_input_grad))
+            scan_forward = _scan_forward_cpu if _use_cpu_kernels(u, B, C) else _scan_forward
+            y, last_state, starts = scan_forward(u, delta, A, B, C, chunk_size, any(ctx.needs_input_grad))
             if D is not None:
                 y.addcmul_(u, D)
             out = y * F.silu(z) if z is not None else y
@@ -443,7 +451,8 @@ class _SelectiveScanFunction(torch.autograd.Function):
             else:
                 grad_y = grad_out
             delta = _time_steps(delta_raw, delta_bias, ctx.delta_softplus)
-            grad_u, grad_delta, grad_A, grad_B, grad_C = _scan_backward(
+            scan_backward = _scan_backward_cpu if _use_cpu_kernels(u, B, C) else _scan_backward
+            grad_u, grad_delta, grad_A, grad_B, grad_C = scan_backward(
                 u, delta, A, B, C, starts, grad_y, grad_last_state, ctx.chunk_size
             )
             grad_D = None
@@ -483,6 +492,77 @@ def _chunk_states(delta, delta_u, A2_block, B_tile, carry, t0, t1, d0, d1, decay
         _sequential_scan_(decay, states)
     else:
         _linear_scan_(decay, states)
+
+
+def _use_cpu_kernels(u: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> bool:
+    """Whether the compiled CPU kernels run the scan: CPU tensors, numba installed, `B` and `C` selective and shared
+    by all channels (Mamba's case), float32 or float64."""
+    return (
+        u.device.type == "cpu"
+        and cpu_kernels.is_compiled()
+        and B.ndim == 3
+        and C.ndim == 3
+        and u.dtype in (torch.float32, torch.float64)
+    )
+
+
+def _cpu_segments(batch: int, length: int, dim: int, d_state: int) -> list[tuple[int, int]]:
+    steps = max(1, min(_CPU_SEGMENT_STEPS, _CPU_SEGMENT_MAX_ELEMENTS // max(1, batch * d_state * dim)))
+    return [(t0, min(length, t0 + steps)) for t0 in range(0, length, steps)]
+
+
+def _scan_forward_cpu(u, delta, A, B, C, chunk_size=None, save_starts=False):
+    """`_scan_forward` with the compiled kernels: `cpu_kernels.scan_chunk_forward` runs the discretisation, the
+    recurrence and the readout in one pass, parallel over the batch, one segment of time steps per call.
+    `starts`: the state before every segment (with `save_starts`, for the backward pass)."""
+    batch, length, dim = u.shape
+    d_state = A.shape[0]
+    segments = _cpu_segments(batch, length, dim, d_state)
+    u, delta = u.contiguous(), delta.contiguous()
+    y = u.new_empty(batch, length, dim)
+    carry = u.new_zeros(batch, d_state, dim)
+    starts = u.new_empty(len(segments) if save_starts else 0, batch, d_state, dim)
+    unused = u.new_empty(1, 1, 1, 1)
+    cpu_kernels.set_threads(torch.get_num_threads())
+    arrays = [t.numpy() for t in (delta, A * _LOG2_E, delta * u, B, C, carry, unused, unused, y)]
+    for index, (t0, t1) in enumerate(segments):
+        if save_starts:
+            starts[index] = carry
+        cpu_kernels.scan_chunk_forward(*arrays, t0, t1 - t0, False, True)
+    return y, carry, starts
+
+
+def _scan_backward_cpu(u, delta, A, B, C, starts, grad_y, grad_last_state, chunk_size=None):
+    """`_scan_backward` with the compiled kernels: per segment (last first), the decays and states recomputed from
+    the saved start (`scan_chunk_forward`), then the reverse-time pass and every gradient in one pass
+    (`scan_chunk_backward`), both parallel over the batch."""
+    batch, length, dim = u.shape
+    d_state = A.shape[0]
+    segments = _cpu_segments(batch, length, dim, d_state)
+    u, delta = u.contiguous(), delta.contiguous()
+    grad_y = grad_y.contiguous() if grad_y is not None else torch.zeros_like(u)
+    grad_u, grad_delta = torch.empty_like(u), torch.empty_like(delta)
+    grad_A_per_batch = u.new_zeros(batch, d_state, dim)
+    grad_B, grad_C = torch.empty_like(B), torch.empty_like(C)
+    if grad_last_state is not None:
+        adjoint = grad_last_state.to(u.dtype).contiguous().clone()
+    else:
+        adjoint = u.new_zeros(batch, d_state, dim)
+    steps = segments[0][1] - segments[0][0]
+    decay, states = u.new_empty(batch, steps, d_state, dim), u.new_empty(batch, steps, d_state, dim)
+    carry, scratch, unused = u.new_empty(batch, d_state, dim), u.new_empty(batch, 2, dim), u.new_empty(1, 1, 1)
+    cpu_kernels.set_threads(torch.get_num_threads())
+    forward_arrays = [t.numpy() for t in (delta, A * _LOG2_E, delta * u, B, C, carry, decay, states, unused)]
+    backward_arrays = [t.numpy() for t in (grad_y, B, C, delta, u, A, adjoint, grad_u, grad_delta)]
+    backward_arrays += [t.numpy() for t in (grad_A_per_batch, grad_B, grad_C, scratch)]
+    for index in reversed(range(len(segments))):
+        t0, t1 = segments[index]
+        carry.copy_(starts[index])
+        cpu_kernels.scan_chunk_forward(*forward_arrays, t0, t1 - t0, True, False)
+        cpu_kernels.scan_chunk_backward(
+            decay.numpy(), states.numpy(), starts[index].numpy(), *backward_arrays, t0, t1 - t0
+        )
+    return grad_u, grad_delta, grad_A_per_batch.sum(0), grad_B, grad_C
 
 
 def _scan_forward(u, delta, A, B, C, chunk_size, save_starts=False):

@@ -10,7 +10,7 @@ import scipy.stats
 import torch
 
 from specpatch.augmentation import SpecAugment, SpecMask, WaveformMixup, sample_beta, spec_mask_reference
-from specpatch import specmask_kernels
+from specpatch import cpu_kernels
 
 
 def _gen(seed):
@@ -180,7 +180,7 @@ def test_reference_invariants_and_fill():
 def test_specmask_overlap_test_matches_bitmap(compiled):
     """The interval test accepts exactly the candidates whose cells are all free on a painted occupancy map (the
     compiled kernel and the Python function it is compiled from)."""
-    overlaps = specmask_kernels.overlaps_placed if compiled else specmask_kernels.PYTHON_FUNCTIONS["overlaps_placed"]
+    overlaps = cpu_kernels.overlaps_placed if compiled else cpu_kernels.PYTHON_FUNCTIONS["overlaps_placed"]
     rng = np.random.default_rng(8)
     n, slots, tries, frames, mel = 30, 12, 20, 40, 20
     boxes = np.stack(
@@ -198,17 +198,17 @@ def test_specmask_overlap_test_matches_bitmap(compiled):
                 assert overlaps(boxes, b, used, t, f, w, h) == bool(occupied[t : t + w, f : f + h].any())
 
 
-def test_specmask_kernels_compiled_match_python():
+def test_cpu_kernels_compiled_match_python():
     """numba is installed (a dependency), and the compiled kernels give exactly what the Python functions they are
     compiled from give (the masks do not depend on whether numba is there)."""
-    assert specmask_kernels.is_compiled()
-    python = specmask_kernels.PYTHON_FUNCTIONS
+    assert cpu_kernels.is_compiled()
+    python = cpu_kernels.PYTHON_FUNCTIONS
     for kwargs in (SMALL, DENSE, DENSE_MORE_TRIES):
         args = (120, 40, kwargs["budget"], kwargs["max_height"], kwargs["max_width"], 0.7,
                 kwargs.get("max_tries", 100), 1000)  # fmt: skip
-        compiled_out = specmask_kernels.empty_outputs(50, 1000)
-        python_out = specmask_kernels.empty_outputs(50, 1000)
-        specmask_kernels.place_masks(np.random.Generator(np.random.PCG64(5)), *args, *compiled_out)
+        compiled_out = cpu_kernels.empty_outputs(50, 1000)
+        python_out = cpu_kernels.empty_outputs(50, 1000)
+        cpu_kernels.place_masks(np.random.Generator(np.random.PCG64(5)), *args, *compiled_out)
         python["place_masks"](np.random.Generator(np.random.PCG64(5)), *args, *python_out)
         count = compiled_out[2]
         assert np.array_equal(count, python_out[2]) and count.min() >= 1
@@ -219,7 +219,7 @@ def test_specmask_kernels_compiled_match_python():
             assert np.array_equal(a, b)
         values = np.arange(1, 51, dtype=np.float32)
         painted = [np.zeros((50, 120, 40), np.float32) for _ in range(2)]
-        specmask_kernels.paint_boxes(painted[0], values, compiled_out[0], count)
+        cpu_kernels.paint_boxes(painted[0], values, compiled_out[0], count)
         python["paint_boxes"](painted[1], values, compiled_out[0], count)
         assert np.array_equal(*painted) and (painted[0] != 0).sum() == compiled_out[3].sum()
 

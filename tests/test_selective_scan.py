@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from specpatch import cpu_kernels
 from specpatch.selective_scan import (
     causal_conv1d,
     mamba_kernels_available,
@@ -48,10 +49,16 @@ def make_inputs(kind_B="variable", kind_C="variable", dtype=torch.float64, lengt
     }
 
 
-@pytest.fixture(params=["parallel", "sequential"])
+@pytest.fixture(params=["parallel", "sequential", "compiled"])
 def scan_mode(request, monkeypatch):
-    """Runs a test with the in-chunk recurrence as a parallel scan and as a step-by-step loop (the CPU choice for
-    large steps), whatever the sizes."""
+    """Runs a test with the PyTorch path's in-chunk recurrence as a parallel scan and as a step-by-step loop (its
+    choice for large steps), whatever the sizes, and with the compiled CPU kernels (the CPU default when `B` and `C`
+    are selective and shared by all channels; other operands take the PyTorch path)."""
+    if request.param == "compiled":
+        assert cpu_kernels.is_compiled()
+        monkeypatch.setattr(ss, "_CPU_SEGMENT_STEPS", 8)  # several segments: saved starts and recomputation
+        return request.param
+    monkeypatch.setattr(ss, "_use_cpu_kernels", lambda *args: False)
     threshold = 0 if request.param == "sequential" else float("inf")
     monkeypatch.setitem(ss._SEQUENTIAL_MIN_STEP_ELEMENTS, "cpu", threshold)
     return request.param
@@ -170,6 +177,30 @@ def test_long_sequence_and_channel_blocks(monkeypatch, scan_mode):
     torch.testing.assert_close(last, expected_last, rtol=1e-4, atol=1e-4)
     out.sum().backward()  # the blocked backward runs and gives finite gradients
     assert all(torch.isfinite(t.grad).all() for t in inputs.values())
+
+
+@pytest.mark.parametrize("segment_steps", [1, 5, 64])
+def test_compiled_cpu_kernels_match_reference_and_python(monkeypatch, segment_steps):
+    """The compiled CPU path (segments of 1, 5 and all steps) gives the sequential reference's outputs, last state and
+    gradients (also through the last state), and so do the uncompiled Python kernels it is compiled from."""
+    inputs = make_inputs()
+    assert ss._use_cpu_kernels(inputs["u"], inputs["B"], inputs["C"])
+    monkeypatch.setattr(ss, "_CPU_SEGMENT_STEPS", segment_steps)
+    leaves = {name: t.requires_grad_() for name, t in inputs.items()}
+    weights = torch.randn(BATCH, DIM, D_STATE, dtype=torch.float64)
+
+    def outputs_and_grads(function):
+        out, last = run(function, leaves)
+        grads = torch.autograd.grad(out.sum() + (last * weights).sum(), list(leaves.values()))
+        return [out, last, *grads]
+
+    expected = outputs_and_grads(selective_scan_reference)
+    for python in (False, True):
+        if python:
+            for name in ("scan_chunk_forward", "scan_chunk_backward"):
+                monkeypatch.setattr(cpu_kernels, name, cpu_kernels.PYTHON_FUNCTIONS[name])
+        for got, want in zip(outputs_and_grads(selective_scan_torch), expected):
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
 
 
 def test_memory_is_bounded_for_vit_b_inference_sizes():
