@@ -1,5 +1,8 @@
 # Copyright 2026 The specpatch authors. Licensed under the Apache License, Version 2.0.
-"""The per-sample loops of SpecMask (FFTP paper, Algorithm 1), compiled with numba when it is installed.
+"""Loops compiled with numba (when it is installed): SpecMask's per-sample Algorithm 1 and fill, and the CPU selective
+scan's per-segment passes (`scan_chunk_forward`, `scan_chunk_backward`, used by `selective_scan.py`).
+
+SpecMask (FFTP paper, Algorithm 1):
 
 Algorithm 1 is sequential per spectrogram (each mask is tested against the masks already placed), draws a few
 scalars per mask and places a handful of masks per sample, so its cost is loop overhead, not arithmetic: the
@@ -16,12 +19,15 @@ fastest CPU form is the plain loop compiled to machine code. The functions below
 With numba (a dependency of specpatch) they are compiled on first use (`cache=True`: once per machine, then loaded
 from the package's `__pycache__`); without it the very same Python functions run, slower but with identical
 results: every random number comes from one `numpy.random.Generator` in a fixed order (numba's `Generator.random`
-is numpy's own bit stream), so the masks do not depend on whether numba is installed.
+is numpy's own bit stream), so the masks do not depend on whether numba is installed. (Without numba the selective
+scan takes its PyTorch path instead of running the scan functions uncompiled.)
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
+import os
 
 import numpy as np
 
@@ -178,17 +184,71 @@ def empty_outputs(batch: int, capacity: int):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _parallel(function):
-    """Compiled with numba's parallel loops (`prange` over the batch), cached; the plain function without numba."""
-    if numba is None:
-        return function
-    return numba.njit(cache=True, nogil=True, parallel=True, fastmath={"reassoc", "contract"})(function)
+def _kernel(function):
+    """Compiled with numba (fastmath reassociation, so that reductions vectorise), cached, releasing the GIL: the
+    scan kernels run on slices of the batch in several Python threads at once (`run_over_batch`)."""
+    return _compiled(function, fastmath={"reassoc", "contract"})
 
 
-_prange = numba.prange if numba is not None else range
+_POOL: list = [None]
 
 
-def _scan_chunk_forward_py(delta, A2, delta_u, B, C, carry, decay, states, y, t0, steps, save, compute_y):
+def _reset_pool() -> None:  # a forked child must not use its parent's threads
+    _POOL[0] = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_pool)
+
+
+def run_over_batch(kernel, batch: int, threads: int, *args) -> None:
+    """`kernel(*args, first, last)` over the batch rows `first .. last - 1`, split into `threads` slices that run at
+    once in a thread pool (the compiled kernels release the GIL). numba's own parallel loops are not used: their
+    OpenMP runtime and PyTorch's, both spinning, slowed every other op of a training step down several times."""
+    threads = max(1, min(int(threads), batch))
+    if threads == 1 or numba is None:
+        kernel(*args, 0, batch)
+        return
+    if _POOL[0] is None or _POOL[0]._max_workers < threads:
+        _POOL[0] = concurrent.futures.ThreadPoolExecutor(max_workers=max(threads, os.cpu_count() or 1))
+    bounds = [batch * i // threads for i in range(threads + 1)]
+    futures = [_POOL[0].submit(kernel, *args, bounds[i], bounds[i + 1]) for i in range(1, threads)]
+    kernel(*args, bounds[0], bounds[1])
+    for future in futures:
+        future.result()
+
+
+# 2^f on [0, 1) as a degree-6 polynomial (least squares in relative error on Chebyshev nodes; relative error of the
+# float32 exp2 below <= 6.2e-8, half a float32 ulp), Horner coefficients from the constant term up.
+_EXP2_COEFFICIENTS = (1.0, 0.693146987, 0.240229796, 0.0554835247, 0.00967847255, 0.00124430815, 0.000216906092)
+
+
+def _exp2_row_py(exponent_a, exponent_b, out, scale, scale_bits, fast):
+    """`out[d] = 2 ** (exponent_a[d] * exponent_b[d])` for one row. With `fast` (float32 rows), without calls to
+    libm so that the compiler vectorises it: the exponent is clamped to [-126, 127] (beyond, float32 under- or
+    overflows anyway), split as `i + f` with `i = floor`, `2^f` from `_EXP2_COEFFICIENTS` and `2^i` built from its
+    IEEE-754 bits (`scale_bits`, an int32 view of the float32 row `scale`). Otherwise `math.exp2`."""
+    if fast:
+        c0, c1, c2, c3, c4, c5, c6 = _EXP2_COEFFICIENTS
+        for d in range(out.shape[0]):
+            v = min(max(exponent_a[d] * exponent_b[d], -126.0), 127.0)
+            whole = math.floor(v)
+            scale_bits[d] = (np.int32(whole) + np.int32(127)) << np.int32(23)
+            f = v - whole
+            out[d] = c0 + f * (c1 + f * (c2 + f * (c3 + f * (c4 + f * (c5 + f * c6)))))
+        for d in range(out.shape[0]):
+            out[d] *= scale[d]
+    else:
+        for d in range(out.shape[0]):
+            out[d] = math.exp2(exponent_a[d] * exponent_b[d])
+
+
+_exp2_row = _compiled(_exp2_row_py, fastmath={"reassoc", "contract"})
+
+
+def _scan_chunk_forward_py(
+    delta, A2, delta_u, B, C, carry, decay, states, y, t0, steps, save, compute_y, fast_exp, first, last
+):  # fmt: skip
     """Steps `t0 .. t0 + steps - 1` of the recurrence `h_t = a_t h_{t-1} + (delta_t u_t) B_t` with
     `a_t = exp(delta_t A) = exp2(delta_t A log2(e))`, and the readout `y_t = sum_n C_t[n] h_t[n]`.
 
@@ -196,9 +256,13 @@ def _scan_chunk_forward_py(delta, A2, delta_u, B, C, carry, decay, states, y, t0
     `(n, dim)` is `A log2(e)`; `carry` `(batch, n, dim)`: the state before `t0` on entry, the last state on return.
     With `compute_y`, the span's rows of `y` are written; with `save`, the decays and states go to `decay` and `states`
     `(batch, >= steps, n, dim)` (row `t - t0`; placeholders otherwise). Parallel over the batch, vectorised over
-    channels; nothing of size `(batch, length, n, dim)` is ever built."""
-    batch, num_states, dim = carry.shape
-    for b in _prange(batch):
+    channels; nothing of size `(batch, length, n, dim)` is ever built. `fast_exp` (for float32 tensors): the decays
+    use `_exp2_row`'s vectorised exp2 instead of libm's. Only the batch rows `first .. last - 1` are processed."""
+    _, num_states, dim = carry.shape
+    for b in range(first, last):
+        a = np.empty(dim, carry.dtype)
+        scale = np.empty(dim, np.float32)
+        scale_bits = scale.view(np.int32)
         for step in range(steps):
             t = t0 + step
             x, dt = delta_u[b, t], delta[b, t]
@@ -208,31 +272,31 @@ def _scan_chunk_forward_py(delta, A2, delta_u, B, C, carry, decay, states, y, t0
                     out[d] = 0
             for n in range(num_states):
                 b_n, c_n = B[b, t, n], C[b, t, n]
-                h, A2_n = carry[b, n], A2[n]
+                h = carry[b, n]
+                _exp2_row(dt, A2[n], a, scale, scale_bits, fast_exp)
                 if save:
                     a_out, h_out = decay[b, step, n], states[b, step, n]
                     for d in range(dim):
-                        a = math.exp2(dt[d] * A2_n[d])
-                        value = a * h[d] + x[d] * b_n
+                        value = a[d] * h[d] + x[d] * b_n
                         h[d] = value
-                        a_out[d] = a
+                        a_out[d] = a[d]
                         h_out[d] = value
                 elif compute_y:
                     for d in range(dim):
-                        value = math.exp2(dt[d] * A2_n[d]) * h[d] + x[d] * b_n
+                        value = a[d] * h[d] + x[d] * b_n
                         h[d] = value
                         out[d] += c_n * value
                 else:
                     for d in range(dim):
-                        h[d] = math.exp2(dt[d] * A2_n[d]) * h[d] + x[d] * b_n
+                        h[d] = a[d] * h[d] + x[d] * b_n
 
 
-scan_chunk_forward = _parallel(_scan_chunk_forward_py)
+scan_chunk_forward = _kernel(_scan_chunk_forward_py)
 
 
 def _scan_chunk_backward_py(
     decay, states, start, grad_y, B, C, delta, u, A, adjoint, grad_u, grad_delta, grad_A, grad_B, grad_C, scratch,
-    t0, steps,
+    t0, steps, first, last,
 ):  # fmt: skip
     """The reverse-time pass over steps `t0 + steps - 1 .. t0` of the selective scan's backward (see
     `selective_scan._scan_backward`).
@@ -246,9 +310,9 @@ def _scan_chunk_backward_py(
     dim)`; `grad_y`, `delta`, `u`, `grad_u`, `grad_delta` `(batch, length, dim)` and `B`, `C`, `grad_B`, `grad_C`
     `(batch, length, n)` indexed by `t`; `A` `(n, dim)`. The span's rows of `grad_u`, `grad_delta`, `grad_B`,
     `grad_C` are written; `grad_A` `(batch, n, dim)` is accumulated per batch element (the caller sums it);
-    `scratch` `(batch, 2, dim)`."""
-    batch, _, num_states, dim = decay.shape
-    for b in _prange(batch):
+    `scratch` `(batch, 2, dim)`. Only the batch rows `first .. last - 1` are processed."""
+    _, _, num_states, dim = decay.shape
+    for b in range(first, last):
         delta_grad, adjoint_b = scratch[b, 0], scratch[b, 1]
         for step in range(steps - 1, -1, -1):
             t = t0 + step
@@ -279,15 +343,12 @@ def _scan_chunk_backward_py(
                 grad_u[b, t, d] = adjoint_b[d] * dt[d]
 
 
-scan_chunk_backward = _parallel(_scan_chunk_backward_py)
+scan_chunk_backward = _kernel(_scan_chunk_backward_py)
 
 
-def set_threads(count: int) -> None:
-    """Threads of the parallel kernels (numba's own pool), e.g. `torch.get_num_threads()`; bounded by numba's pool."""
-    if numba is not None:
-        numba.set_num_threads(max(1, min(int(count), numba.config.NUMBA_NUM_THREADS)))
-
-PYTHON_FUNCTIONS.update(scan_chunk_forward=_scan_chunk_forward_py, scan_chunk_backward=_scan_chunk_backward_py)
+PYTHON_FUNCTIONS.update(
+    exp2_row=_exp2_row_py, scan_chunk_forward=_scan_chunk_forward_py, scan_chunk_backward=_scan_chunk_backward_py
+)
 
 __all__ = [
     "empty_outputs",
@@ -298,5 +359,5 @@ __all__ = [
     "place_masks",
     "scan_chunk_backward",
     "scan_chunk_forward",
-    "set_threads",
+    "run_over_batch",
 ]

@@ -14,7 +14,13 @@ optionally gated, `y_t * silu(z_t)`. `selective_scan` has the argument names, sh
 * `D`, `delta_bias`: `(dim,)`; the output has the shape of `u` and its dtype.
 
 When `mamba_ssm` is installed and the tensors are on a CUDA device the fused kernel runs; otherwise
-`selective_scan_torch`, a pure-PyTorch implementation that is parallel over the sequence, runs on any device:
+`selective_scan_torch`. On the CPU, for Mamba's operands (`B`, `C` selective and shared by all channels, float32 or
+float64), it runs compiled kernels (`cpu_kernels.py`, numba): per segment of 16 time steps one pass computes the
+decays (a vectorised float32 exp2), the recurrence and the readout, parallel over the batch in torch's thread count,
+and the backward pass recomputes a segment's states from the state saved before it and runs the reverse-time
+recurrence with every gradient in one more pass; nothing of size `(batch, length, dim, d_state)` is built. Elsewhere
+(GPUs without `mamba_ssm`, time-invariant or grouped `B` / `C`) the pure-PyTorch implementation, parallel over the
+sequence, runs on any device:
 
 * the sequence is cut into chunks of `chunk_size` steps; inside a chunk the linear recurrence is solved by a
   work-efficient (Blelloch) parallel scan over the pairs `(decay, input)` with the associative operator
@@ -58,6 +64,7 @@ _LOG2_E = 1.4426950408889634
 # which recomputes the segment's states (d_state 16: the saved states take about the memory of `u`).
 _CPU_SEGMENT_STEPS = 16
 _CPU_SEGMENT_MAX_ELEMENTS = 2**24  # segments get shorter when batch x steps x d_state x channels would exceed this
+_CPU_PARALLEL_MIN_ELEMENTS = 2**18  # scans of fewer (batch x length x channels x d_state) elements use one thread
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -506,6 +513,11 @@ def _use_cpu_kernels(u: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> bool:
     )
 
 
+def _cpu_kernel_threads(u: torch.Tensor, d_state: int) -> int:
+    """Threads for the compiled kernels: torch's intra-op thread count, one while a scan is too small to share."""
+    return torch.get_num_threads() if u.numel() * d_state >= _CPU_PARALLEL_MIN_ELEMENTS else 1
+
+
 def _cpu_segments(batch: int, length: int, dim: int, d_state: int) -> list[tuple[int, int]]:
     steps = max(1, min(_CPU_SEGMENT_STEPS, _CPU_SEGMENT_MAX_ELEMENTS // max(1, batch * d_state * dim)))
     return [(t0, min(length, t0 + steps)) for t0 in range(0, length, steps)]
@@ -523,12 +535,14 @@ def _scan_forward_cpu(u, delta, A, B, C, chunk_size=None, save_starts=False):
     carry = u.new_zeros(batch, d_state, dim)
     starts = u.new_empty(len(segments) if save_starts else 0, batch, d_state, dim)
     unused = u.new_empty(1, 1, 1, 1)
-    cpu_kernels.set_threads(torch.get_num_threads())
+    threads = _cpu_kernel_threads(u, d_state)
     arrays = [t.numpy() for t in (delta, A * _LOG2_E, delta * u, B, C, carry, unused, unused, y)]
     for index, (t0, t1) in enumerate(segments):
         if save_starts:
             starts[index] = carry
-        cpu_kernels.scan_chunk_forward(*arrays, t0, t1 - t0, False, True)
+        cpu_kernels.run_over_batch(
+            cpu_kernels.scan_chunk_forward, batch, threads, *arrays, t0, t1 - t0, False, True, u.dtype == torch.float32
+        )
     return y, carry, starts
 
 
@@ -551,17 +565,21 @@ def _scan_backward_cpu(u, delta, A, B, C, starts, grad_y, grad_last_state, chunk
     steps = segments[0][1] - segments[0][0]
     decay, states = u.new_empty(batch, steps, d_state, dim), u.new_empty(batch, steps, d_state, dim)
     carry, scratch, unused = u.new_empty(batch, d_state, dim), u.new_empty(batch, 2, dim), u.new_empty(1, 1, 1)
-    cpu_kernels.set_threads(torch.get_num_threads())
+    threads = _cpu_kernel_threads(u, d_state)
     forward_arrays = [t.numpy() for t in (delta, A * _LOG2_E, delta * u, B, C, carry, decay, states, unused)]
     backward_arrays = [t.numpy() for t in (grad_y, B, C, delta, u, A, adjoint, grad_u, grad_delta)]
     backward_arrays += [t.numpy() for t in (grad_A_per_batch, grad_B, grad_C, scratch)]
     for index in reversed(range(len(segments))):
         t0, t1 = segments[index]
         carry.copy_(starts[index])
-        cpu_kernels.scan_chunk_forward(*forward_arrays, t0, t1 - t0, True, False)
-        cpu_kernels.scan_chunk_backward(
-            decay.numpy(), states.numpy(), starts[index].numpy(), *backward_arrays, t0, t1 - t0
-        )
+        cpu_kernels.run_over_batch(
+            cpu_kernels.scan_chunk_forward, batch, threads, *forward_arrays, t0, t1 - t0, True, False,
+            u.dtype == torch.float32,
+        )  # fmt: skip
+        cpu_kernels.run_over_batch(
+            cpu_kernels.scan_chunk_backward, batch, threads, decay.numpy(), states.numpy(), starts[index].numpy(),
+            *backward_arrays, t0, t1 - t0,
+        )  # fmt: skip
     return grad_u, grad_delta, grad_A_per_batch.sum(0), grad_B, grad_C
 
 

@@ -179,13 +179,16 @@ def test_long_sequence_and_channel_blocks(monkeypatch, scan_mode):
     assert all(torch.isfinite(t.grad).all() for t in inputs.values())
 
 
-@pytest.mark.parametrize("segment_steps", [1, 5, 64])
-def test_compiled_cpu_kernels_match_reference_and_python(monkeypatch, segment_steps):
-    """The compiled CPU path (segments of 1, 5 and all steps) gives the sequential reference's outputs, last state and
-    gradients (also through the last state), and so do the uncompiled Python kernels it is compiled from."""
+@pytest.mark.parametrize("segment_steps, threads", [(1, 1), (5, 2), (64, 1)])
+def test_compiled_cpu_kernels_match_reference_and_python(monkeypatch, segment_steps, threads):
+    """The compiled CPU path (segments of 1, 5 and all steps; the batch split over 2 threads) gives the sequential
+    reference's outputs, last state and gradients (also through the last state), and so do the uncompiled Python
+    kernels it is compiled from."""
     inputs = make_inputs()
     assert ss._use_cpu_kernels(inputs["u"], inputs["B"], inputs["C"])
     monkeypatch.setattr(ss, "_CPU_SEGMENT_STEPS", segment_steps)
+    monkeypatch.setattr(ss, "_CPU_PARALLEL_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(ss, "_cpu_kernel_threads", lambda *args: threads)
     leaves = {name: t.requires_grad_() for name, t in inputs.items()}
     weights = torch.randn(BATCH, DIM, D_STATE, dtype=torch.float64)
 
@@ -201,6 +204,18 @@ def test_compiled_cpu_kernels_match_reference_and_python(monkeypatch, segment_st
                 monkeypatch.setattr(cpu_kernels, name, cpu_kernels.PYTHON_FUNCTIONS[name])
         for got, want in zip(outputs_and_grads(selective_scan_torch), expected):
             torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_fast_exp2_is_accurate():
+    """The vectorised float32 exp2 of the compiled kernels is within a float32 ulp of exp2 over the decays' range
+    (clamped below 2**-126, where float32 flushes anyway)."""
+    exponent = torch.linspace(-130, 0, 4001, dtype=torch.float64)
+    ones = torch.ones_like(exponent, dtype=torch.float32)
+    out, scale = torch.empty(4001, dtype=torch.float32), torch.empty(4001, dtype=torch.float32)
+    cpu_kernels._exp2_row(exponent.float().numpy(), ones.numpy(), out.numpy(), scale.numpy(),
+                          scale.numpy().view("int32"), True)  # fmt: skip
+    expected = torch.exp2(exponent.float().double().clamp_min(-126))
+    assert ((out.double() - expected).abs() / expected).max() < 1.2e-7
 
 
 def test_memory_is_bounded_for_vit_b_inference_sizes():
