@@ -43,7 +43,7 @@ import scipy.special
 import torch
 from torch import nn
 
-from . import cpu_kernels
+from .cpu_kernels import empty_outputs, mask_spectrograms, paint_boxes, place_masks
 
 # ----------------------------------------------------------------------------------------------------------------
 # Helpers
@@ -177,7 +177,7 @@ def _paint(target: torch.Tensor, values: torch.Tensor, placement: _Placement, on
     if on_host if on_host is not None else target.device.type == "cpu":
         int_type = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[target.element_size()]
         bits, value_bits = target.detach().view(int_type).numpy(), values.detach().view(int_type).numpy()
-        cpu_kernels.paint_boxes(bits, value_bits, placement.boxes, placement.count)
+        paint_boxes(bits, value_bits, placement.boxes, placement.count)
         return
     boxes = placement.flat(frames, mel)
     sizes = [len(a) for a in boxes]
@@ -357,8 +357,8 @@ class SpecMask(nn.Module):
 
     def _place(self, batch: int, T: int, F: int, rng: np.random.Generator) -> _Placement:
         """Algorithm 1 for the whole batch on rectangles (`cpu_kernels.place_masks`)."""
-        outputs = cpu_kernels.empty_outputs(batch, min(self.max_draws, self.budget))
-        cpu_kernels.place_masks(
+        outputs = empty_outputs(batch, min(self.max_draws, self.budget))
+        place_masks(
             rng, T, F, self.budget, self.max_height, self.max_width, self.full_frequency_prob, self.max_tries,
             self.max_draws, *outputs,
         )  # fmt: skip
@@ -443,7 +443,7 @@ class SpecMask(nn.Module):
                 out = x if inplace else torch.empty_like(x, memory_format=torch.contiguous_format)
                 use_mean = self.mask_value == "mean"
                 fill = torch.full((B,), 0.0 if use_mean else self.mask_value, dtype=x.dtype)
-                cpu_kernels.mask_spectrograms(
+                mask_spectrograms(
                     x.detach().numpy(), out.detach().numpy(), fill.numpy(), not inplace, use_mean,
                     placement.boxes, placement.count,
                 )  # fmt: skip

@@ -43,7 +43,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from . import cpu_kernels
+from .cpu_kernels import is_compiled as _kernels_compiled
+from .cpu_kernels import run_over_batch, scan_chunk_backward, scan_chunk_forward
 
 # Work tiles (batch x chunk x d_state x channels elements) are kept below this size; channels are split beyond it.
 # CPU tiles are large enough to amortise per-op overhead and small enough for the last-level cache; on GPUs larger
@@ -506,7 +507,7 @@ def _use_cpu_kernels(u: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> bool:
     by all channels (Mamba's case), float32 or float64."""
     return (
         u.device.type == "cpu"
-        and cpu_kernels.is_compiled()
+        and _kernels_compiled()
         and B.ndim == 3
         and C.ndim == 3
         and u.dtype in (torch.float32, torch.float64)
@@ -540,8 +541,8 @@ def _scan_forward_cpu(u, delta, A, B, C, chunk_size=None, save_starts=False):
     for index, (t0, t1) in enumerate(segments):
         if save_starts:
             starts[index] = carry
-        cpu_kernels.run_over_batch(
-            cpu_kernels.scan_chunk_forward, batch, threads, *arrays, t0, t1 - t0, False, True, u.dtype == torch.float32
+        run_over_batch(
+            scan_chunk_forward, batch, threads, *arrays, t0, t1 - t0, False, True, u.dtype == torch.float32
         )
     return y, carry, starts
 
@@ -572,12 +573,12 @@ def _scan_backward_cpu(u, delta, A, B, C, starts, grad_y, grad_last_state, chunk
     for index in reversed(range(len(segments))):
         t0, t1 = segments[index]
         carry.copy_(starts[index])
-        cpu_kernels.run_over_batch(
-            cpu_kernels.scan_chunk_forward, batch, threads, *forward_arrays, t0, t1 - t0, True, False,
+        run_over_batch(
+            scan_chunk_forward, batch, threads, *forward_arrays, t0, t1 - t0, True, False,
             u.dtype == torch.float32,
         )  # fmt: skip
-        cpu_kernels.run_over_batch(
-            cpu_kernels.scan_chunk_backward, batch, threads, decay.numpy(), states.numpy(), starts[index].numpy(),
+        run_over_batch(
+            scan_chunk_backward, batch, threads, decay.numpy(), states.numpy(), starts[index].numpy(),
             *backward_arrays, t0, t1 - t0,
         )  # fmt: skip
     return grad_u, grad_delta, grad_A_per_batch.sum(0), grad_B, grad_C
