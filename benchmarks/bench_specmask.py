@@ -8,10 +8,16 @@ the paper's two settings, side by side in one process:
 Rows (each setting):
 - `numpy loop`: `spec_mask_numpy` below, per sample: mask sizes and positions from a numpy `Generator`, rejection
   sampling with `occupied[t0:t0 + w, f0:f0 + h].any()`, the fill by slicing; it returns a masked copy, like `SpecMask`.
-- `SpecMask`: `SpecMask(...)(batch, generator=g)` on the torch tensor of the same batch (a new tensor).
+- `SpecMask`: `SpecMask(...)(batch, generator=g)` on the torch tensor of the same batch (a new tensor). Its
+  placement and fill are loops compiled with numba (`specpatch/cpu_kernels.py`): one pass per sample copies it,
+  takes its mean and paints its masks while it is in cache.
 - the same two in place (`inplace=True`, and the numpy loop without its copy): the copy of the batch is then left out
   of both, which shows how much of the time is the algorithm rather than writing a new 16 MB batch.
 - mask placement only (`SpecMask.sample_masks`: boxes and the boolean mask, no spectrogram), information.
+
+The new-tensor rows include writing a fresh 16 MB batch (AudioSet setting): on a 2-core CPU that copy alone costs a
+fifth to a quarter of the numpy loop, which bounds the new-tensor ratio; the training script masks the freshly
+computed features, where `inplace=True` applies.
 
 Rows run interleaved and are repeated until their spread is small (`benchmarks/timing.py`); a ratio that stays noisy
 is printed as such. Each timed call masks `--calls` batches (5) and times are reported per batch. Threads: torch runs single-threaded here (`--threads 1`), as augmentation does in DataLoader
