@@ -503,10 +503,14 @@ def _chunk_states(delta, delta_u, A2_block, B_tile, carry, t0, t1, d0, d1, decay
 
 
 def _use_cpu_kernels(u: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> bool:
-    """Whether the compiled CPU kernels run the scan: CPU tensors, numba installed, `B` and `C` selective and shared
-    by all channels (Mamba's case), float32 or float64."""
+    """Whether the compiled CPU kernels run the scan: plain CPU tensors (not while torch.export / torch.compile /
+    the JIT trace the model: they see the PyTorch path), numba installed, `B` and `C` selective and shared by all
+    channels (Mamba's case), float32 or float64."""
     return (
         u.device.type == "cpu"
+        and all(type(t) is torch.Tensor for t in (u, B, C))
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
         and _kernels_compiled()
         and B.ndim == 3
         and C.ndim == 3
