@@ -646,7 +646,9 @@ def main(argv=None) -> dict:
                 features, _ = extractor.extract_features(waveforms, lengths)
                 if isinstance(mixup, SpectrogramMixup):  # EAT: mixup on the normalised spectrogram, then masking
                     features, targets = mixup(features, labels, generator=generator)
-                if masking is not None:
+                if isinstance(masking, SpecMask):  # the features are this step's own: mask them in place
+                    features = masking(features.contiguous(), generator=generator, inplace=True)
+                elif masking is not None:
                     features = masking(features, generator=generator)
                 logits = model(input_values=features).logits
                 loss = loss_function(loss_kind, logits, targets, label_map.multi_label)
