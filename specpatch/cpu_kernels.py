@@ -247,7 +247,7 @@ _exp2_row = _compiled(_exp2_row_py, fastmath={"reassoc", "contract"})
 
 
 def _scan_chunk_forward_py(
-    delta, A2, delta_u, B, C, carry, decay, states, y, t0, steps, save, compute_y, fast_exp, first, last
+    delta, A2, delta_u, B, C, carry, decay, states, y, t0, steps, save, compute_y, fast_exp, reverse, first, last
 ):  # fmt: skip
     """Steps `t0 .. t0 + steps - 1` of the recurrence `h_t = a_t h_{t-1} + (delta_t u_t) B_t` with
     `a_t = exp(delta_t A) = exp2(delta_t A log2(e))`, and the readout `y_t = sum_n C_t[n] h_t[n]`.
@@ -257,14 +257,17 @@ def _scan_chunk_forward_py(
     With `compute_y`, the span's rows of `y` are written; with `save`, the decays and states go to `decay` and `states`
     `(batch, >= steps, n, dim)` (row `t - t0`; placeholders otherwise). Parallel over the batch, vectorised over
     channels; nothing of size `(batch, length, n, dim)` is ever built. `fast_exp` (for float32 tensors): the decays
-    use `_exp2_row`'s vectorised exp2 instead of libm's. Only the batch rows `first .. last - 1` are processed."""
+    use `_exp2_row`'s vectorised exp2 instead of libm's. With `reverse`, step `t` of the recurrence reads and writes
+    time index `length - 1 - t` (a scan backwards in time without flipped copies). Only the batch rows
+    `first .. last - 1` are processed."""
     _, num_states, dim = carry.shape
+    length = delta.shape[1]
     for b in range(first, last):
         a = np.empty(dim, carry.dtype)
         scale = np.empty(dim, np.float32)
         scale_bits = scale.view(np.int32)
         for step in range(steps):
-            t = t0 + step
+            t = length - 1 - (t0 + step) if reverse else t0 + step
             x, dt = delta_u[b, t], delta[b, t]
             out = y[b, t] if compute_y else y[0, 0]  # `y` may be a placeholder when unused
             if compute_y:
@@ -296,7 +299,7 @@ scan_chunk_forward = _kernel(_scan_chunk_forward_py)
 
 def _scan_chunk_backward_py(
     decay, states, start, grad_y, B, C, delta, u, A, adjoint, grad_u, grad_delta, grad_A, grad_B, grad_C, scratch,
-    t0, steps, first, last,
+    t0, steps, reverse, first, last,
 ):  # fmt: skip
     """The reverse-time pass over steps `t0 + steps - 1 .. t0` of the selective scan's backward (see
     `selective_scan._scan_backward`).
@@ -310,12 +313,14 @@ def _scan_chunk_backward_py(
     dim)`; `grad_y`, `delta`, `u`, `grad_u`, `grad_delta` `(batch, length, dim)` and `B`, `C`, `grad_B`, `grad_C`
     `(batch, length, n)` indexed by `t`; `A` `(n, dim)`. The span's rows of `grad_u`, `grad_delta`, `grad_B`,
     `grad_C` are written; `grad_A` `(batch, n, dim)` is accumulated per batch element (the caller sums it);
-    `scratch` `(batch, 2, dim)`. Only the batch rows `first .. last - 1` are processed."""
+    `scratch` `(batch, 2, dim)`. `reverse`: as in `_scan_chunk_forward_py`. Only the batch rows `first .. last - 1`
+    are processed."""
     _, _, num_states, dim = decay.shape
+    length = delta.shape[1]
     for b in range(first, last):
         delta_grad, adjoint_b = scratch[b, 0], scratch[b, 1]
         for step in range(steps - 1, -1, -1):
-            t = t0 + step
+            t = length - 1 - (t0 + step) if reverse else t0 + step
             for d in range(dim):
                 delta_grad[d] = 0
                 adjoint_b[d] = 0

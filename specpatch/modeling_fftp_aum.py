@@ -118,7 +118,7 @@ class FFTPAuMMixer(nn.Module):
         delta = (time_step @ dt_proj.weight.t()).transpose(1, 2)
         return delta, B.transpose(1, 2), C.transpose(1, 2)
 
-    def _scan(self, x, delta, B, C, z, A_log, D, dt_proj):
+    def _scan(self, x, delta, B, C, z, A_log, D, dt_proj, reverse=False):
         return selective_scan(
             x,
             delta,
@@ -129,6 +129,7 @@ class FFTPAuMMixer(nn.Module):
             z=z,
             delta_bias=dt_proj.bias.float(),
             delta_softplus=True,
+            reverse=reverse,
         )
 
     def _direction(self, x, z, conv1d, x_proj, dt_proj, A_log, D):
@@ -151,9 +152,8 @@ class FFTPAuMMixer(nn.Module):
             x = causal_conv1d(x, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu")
             delta, B, C = self._ssm_inputs(x, self.x_proj, self.dt_proj)
             y = self._scan(x, delta, B, C, z, self.A_log, self.D, self.dt_proj)
-            if self.bimamba_type == "fo-bi":
-                flip = [t.flip(-1) for t in (x, delta, B, C, z)]
-                y = y + self._scan(*flip, self.A_b_log, self.D, self.dt_proj).flip(-1)
+            if self.bimamba_type == "fo-bi":  # the same inputs scanned backwards in time (no flipped copies)
+                y = y + self._scan(x, delta, B, C, z, self.A_b_log, self.D, self.dt_proj, reverse=True)
         return self.out_proj(y.transpose(1, 2).to(self.out_proj.weight.dtype))
 
 

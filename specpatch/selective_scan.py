@@ -115,19 +115,34 @@ def selective_scan(
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
+    *,
+    reverse: bool = False,
 ):
     """Selective scan with `mamba_ssm`'s `selective_scan_fn` interface (see the module docstring for shapes).
 
     Runs `mamba_ssm`'s fused kernel for CUDA tensors when it is installed and `selective_scan_torch` otherwise.
     Returns `out` of shape `(batch, dim, length)` in `u`'s dtype, and with `return_last_state=True` also the final
-    state `(batch, dim, d_state)`.
+    state `(batch, dim, d_state)`. `reverse=True` (not in `mamba_ssm`) scans backwards in time: the result equals
+    flipping every time-dependent input along time, scanning, and flipping `out` back (the backward branch of a
+    bidirectional Mamba); the last state is then the one after time step 0.
     """
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
     if u.is_cuda:
         kernel = _mamba_ssm_selective_scan_fn()
         if kernel is not None:
-            return kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+            if not reverse:
+                return kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+            u, delta, B, C, z = (_flip_time(t) for t in (u, delta, B, C, z))
+            result = kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+            return (result[0].flip(-1), result[1]) if return_last_state else result.flip(-1)
+    return selective_scan_torch(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, reverse=reverse
+    )
+
+
+def _flip_time(t: torch.Tensor | None) -> torch.Tensor | None:
+    """`t` reversed along time (its last axis; a time-invariant `(dim, d_state)` operand is returned as is)."""
+    return t if t is None or t.ndim == 2 else t.flip(-1)
 
 
 def selective_scan_torch(
@@ -142,10 +157,14 @@ def selective_scan_torch(
     delta_softplus: bool = False,
     return_last_state: bool = False,
     chunk_size: int | None = None,
+    *,
+    reverse: bool = False,
 ):
-    """The pure-PyTorch selective scan (chunked parallel scan, hand-written backward); same interface as
-    `selective_scan` plus `chunk_size`, the number of time steps solved in parallel per chunk (64 on CPU and 128
-    on GPUs by default). Unlike `mamba_ssm`, gradients also flow through the returned last state."""
+    """The selective scan without `mamba_ssm` (compiled CPU kernels, or the chunked parallel scan in PyTorch; both
+    with a hand-written backward); same interface as `selective_scan` plus `chunk_size`, the number of time steps the
+    PyTorch path solves in parallel per chunk (64 on CPU and 128 on GPUs by default). Unlike `mamba_ssm`, gradients
+    also flow through the returned last state. `reverse`: see `selective_scan` (the CPU kernels index time backwards;
+    the PyTorch path flips)."""
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
     if A.is_complex():
         raise ValueError("The PyTorch selective scan supports real `A` only (complex `A` needs mamba_ssm's kernel).")
@@ -158,19 +177,26 @@ def selective_scan_torch(
     with torch.autocast(device_type=device_type, enabled=False):
         # Internal layout: time before channels, so a chunk of time steps is a block of rows (a Mamba mixer's
         # `(batch, dim, length)` tensors are transposed views of such data: no copies).
+        u_in, delta_in, z_in = (None if t is None else t.to(dtype) for t in (u, delta, z))
+        B_internal, C_internal = _to_internal_layout(B.to(dtype)), _to_internal_layout(C.to(dtype))
+        flip = reverse and not _use_cpu_kernels(u_in, B_internal, C_internal)
+        if flip:  # the PyTorch path scans forwards: flip the time-dependent inputs (and the output below)
+            u_in, delta_in, z_in = (None if t is None else t.flip(-1) for t in (u_in, delta_in, z_in))
+            B_internal, C_internal = (t if t.ndim == 2 else t.flip(1) for t in (B_internal, C_internal))
         out, last_state = _SelectiveScanFunction.apply(
-            _time_major(u.to(dtype)),
-            _time_major(delta.to(dtype)),
+            _time_major(u_in),
+            _time_major(delta_in),
             A.to(dtype).t().contiguous(),
-            _to_internal_layout(B.to(dtype)),
-            _to_internal_layout(C.to(dtype)),
+            B_internal,
+            C_internal,
             None if D is None else D.to(dtype),
-            None if z is None else _time_major(z.to(dtype)),
+            None if z_in is None else _time_major(z_in),
             None if delta_bias is None else delta_bias.to(dtype),
             delta_softplus,
             chunk_size,
+            reverse and not flip,
         )
-        out = out.transpose(1, 2).to(u.dtype)
+        out = (out.flip(1) if flip else out).transpose(1, 2).to(u.dtype)
         last_state = last_state.transpose(1, 2)
     return (out, last_state) if return_last_state else out
 
@@ -433,16 +459,20 @@ class _SelectiveScanFunction(torch.autograd.Function):
     `_to_internal_layout`. Returns the output `(batch, length, dim)` and the last state `(batch, n, dim)`."""
 
     @staticmethod
-    def forward(ctx, u, delta_raw, A, B, C, D, z, delta_bias, delta_softplus, chunk_size):
+    def forward(ctx, u, delta_raw, A, B, C, D, z, delta_bias, delta_softplus, chunk_size, reverse=False):
         with torch.no_grad():
             delta = _time_steps(delta_raw, delta_bias, delta_softplus)
-            scan_forward = _scan_forward_cpu if _use_cpu_kernels(u, B, C) else _scan_forward
-            y, last_state, starts = scan_forward(u, delta, A, B, C, chunk_size, any(ctx.needs_input_grad))
+            if _use_cpu_kernels(u, B, C):
+                y, last_state, starts = _scan_forward_cpu(u, delta, A, B, C, any(ctx.needs_input_grad), reverse)
+            elif reverse:
+                raise ValueError("reverse=True reaches the scan only on the CPU kernels' path.")
+            else:
+                y, last_state, starts = _scan_forward(u, delta, A, B, C, chunk_size, any(ctx.needs_input_grad))
             if D is not None:
                 y.addcmul_(u, D)
             out = y * F.silu(z) if z is not None else y
         ctx.save_for_backward(u, delta_raw, A, B, C, D, z, delta_bias, starts, y if z is not None else None)
-        ctx.delta_softplus, ctx.chunk_size = delta_softplus, chunk_size
+        ctx.delta_softplus, ctx.chunk_size, ctx.reverse = delta_softplus, chunk_size, reverse
         return out, last_state
 
     @staticmethod
@@ -459,10 +489,14 @@ class _SelectiveScanFunction(torch.autograd.Function):
             else:
                 grad_y = grad_out
             delta = _time_steps(delta_raw, delta_bias, ctx.delta_softplus)
-            scan_backward = _scan_backward_cpu if _use_cpu_kernels(u, B, C) else _scan_backward
-            grad_u, grad_delta, grad_A, grad_B, grad_C = scan_backward(
-                u, delta, A, B, C, starts, grad_y, grad_last_state, ctx.chunk_size
-            )
+            if _use_cpu_kernels(u, B, C):
+                grad_u, grad_delta, grad_A, grad_B, grad_C = _scan_backward_cpu(
+                    u, delta, A, B, C, starts, grad_y, grad_last_state, ctx.reverse
+                )
+            else:
+                grad_u, grad_delta, grad_A, grad_B, grad_C = _scan_backward(
+                    u, delta, A, B, C, starts, grad_y, grad_last_state, ctx.chunk_size
+                )
             grad_D = None
             if D is not None:
                 grad_D = (grad_y * u).sum((0, 1))
@@ -473,7 +507,7 @@ class _SelectiveScanFunction(torch.autograd.Function):
             grad_bias = grad_delta.sum((0, 1)) if delta_bias is not None else None
         grads = (grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D, grad_z, grad_bias)
         needs = ctx.needs_input_grad
-        return tuple(g if needs[i] else None for i, g in enumerate(grads)) + (None, None)
+        return tuple(g if needs[i] else None for i, g in enumerate(grads)) + (None, None, None)
 
 
 def _time_steps(delta_raw, delta_bias, delta_softplus):
@@ -528,10 +562,11 @@ def _cpu_segments(batch: int, length: int, dim: int, d_state: int) -> list[tuple
     return [(t0, min(length, t0 + steps)) for t0 in range(0, length, steps)]
 
 
-def _scan_forward_cpu(u, delta, A, B, C, chunk_size=None, save_starts=False):
+def _scan_forward_cpu(u, delta, A, B, C, save_starts=False, reverse=False):
     """`_scan_forward` with the compiled kernels: `cpu_kernels.scan_chunk_forward` runs the discretisation, the
     recurrence and the readout in one pass, parallel over the batch, one segment of time steps per call.
-    `starts`: the state before every segment (with `save_starts`, for the backward pass)."""
+    `starts`: the state before every segment (with `save_starts`, for the backward pass). `reverse`: the scan runs
+    from the last time step to the first (segments count in scan order)."""
     batch, length, dim = u.shape
     d_state = A.shape[0]
     segments = _cpu_segments(batch, length, dim, d_state)
@@ -546,12 +581,12 @@ def _scan_forward_cpu(u, delta, A, B, C, chunk_size=None, save_starts=False):
         if save_starts:
             starts[index] = carry
         run_over_batch(
-            scan_chunk_forward, batch, threads, *arrays, t0, t1 - t0, False, True, u.dtype == torch.float32
+            scan_chunk_forward, batch, threads, *arrays, t0, t1 - t0, False, True, u.dtype == torch.float32, reverse
         )
     return y, carry, starts
 
 
-def _scan_backward_cpu(u, delta, A, B, C, starts, grad_y, grad_last_state, chunk_size=None):
+def _scan_backward_cpu(u, delta, A, B, C, starts, grad_y, grad_last_state, reverse=False):
     """`_scan_backward` with the compiled kernels: per segment (last first), the decays and states recomputed from
     the saved start (`scan_chunk_forward`), then the reverse-time pass and every gradient in one pass
     (`scan_chunk_backward`), both parallel over the batch."""
@@ -579,11 +614,11 @@ def _scan_backward_cpu(u, delta, A, B, C, starts, grad_y, grad_last_state, chunk
         carry.copy_(starts[index])
         run_over_batch(
             scan_chunk_forward, batch, threads, *forward_arrays, t0, t1 - t0, True, False,
-            u.dtype == torch.float32,
+            u.dtype == torch.float32, reverse,
         )  # fmt: skip
         run_over_batch(
             scan_chunk_backward, batch, threads, decay.numpy(), states.numpy(), starts[index].numpy(),
-            *backward_arrays, t0, t1 - t0,
+            *backward_arrays, t0, t1 - t0, reverse,
         )  # fmt: skip
     return grad_u, grad_delta, grad_A_per_batch.sum(0), grad_B, grad_C
 

@@ -206,6 +206,24 @@ def test_compiled_cpu_kernels_match_reference_and_python(monkeypatch, segment_st
             torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("kind_B, kind_C", [("variable", "variable"), ("constant", "grouped")])
+def test_reverse_equals_flipped_scan(kind_B, kind_C, scan_mode):
+    """`reverse=True` equals scanning the time-flipped inputs and flipping the output back: values, last state and
+    gradients (the compiled kernels index time backwards; the PyTorch path flips)."""
+    inputs = {name: t.requires_grad_() for name, t in make_inputs(kind_B, kind_C).items()}
+    time_dependent = {"u", "delta", "z"} | {k for k in ("B", "C") if inputs[k].ndim > 2}
+    flipped = {k: (t.flip(-1) if k in time_dependent else t) for k, t in inputs.items()}
+    want_out, want_last = run(selective_scan_reference, flipped)
+    got_out, got_last = run(selective_scan_torch, inputs, reverse=True)
+    torch.testing.assert_close(got_out, want_out.flip(-1), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(got_last, want_last, rtol=1e-9, atol=1e-9)
+    weights = torch.randn_like(got_last)
+    want = torch.autograd.grad((want_out.flip(-1) ** 2).sum() + (want_last * weights).sum(), list(inputs.values()))
+    got = torch.autograd.grad((got_out ** 2).sum() + (got_last * weights).sum(), list(inputs.values()))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9)
+
+
 def test_fast_exp2_is_accurate():
     """The vectorised float32 exp2 of the compiled kernels is within a float32 ulp of exp2 over the decays' range
     (clamped below 2**-126, where float32 flushes anyway)."""
