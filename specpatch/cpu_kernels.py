@@ -351,8 +351,33 @@ def _scan_chunk_backward_py(
 scan_chunk_backward = _kernel(_scan_chunk_backward_py)
 
 
+def _scan_segment_backward_py(
+    delta, A2, delta_u, B, C, start, carry, decay, states, unused, grad_y, u, A, adjoint, grad_u, grad_delta, grad_A,
+    grad_B, grad_C, scratch, t0, steps, fast_exp, reverse, first, last,
+):  # fmt: skip
+    """One segment of the backward pass, batch row by batch row: the row's decays and states recomputed from
+    `start` (`scan_chunk_forward` with `save`, into `decay` / `states`), then its reverse-time pass
+    (`scan_chunk_backward`), so that a row's segment (steps x n x dim) is still in cache when it is read back.
+    Arguments as in those two functions (`carry` is scratch of `start`'s shape, `unused` a placeholder `y`)."""
+    for b in range(first, last):
+        carry[b, :, :] = start[b]
+        scan_chunk_forward(
+            delta, A2, delta_u, B, C, carry, decay, states, unused, t0, steps, True, False, fast_exp, reverse, b, b + 1
+        )
+        scan_chunk_backward(
+            decay, states, start, grad_y, B, C, delta, u, A, adjoint, grad_u, grad_delta, grad_A, grad_B, grad_C,
+            scratch, t0, steps, reverse, b, b + 1,
+        )  # fmt: skip
+
+
+scan_segment_backward = _kernel(_scan_segment_backward_py)
+
+
 PYTHON_FUNCTIONS.update(
-    exp2_row=_exp2_row_py, scan_chunk_forward=_scan_chunk_forward_py, scan_chunk_backward=_scan_chunk_backward_py
+    exp2_row=_exp2_row_py,
+    scan_chunk_forward=_scan_chunk_forward_py,
+    scan_chunk_backward=_scan_chunk_backward_py,
+    scan_segment_backward=_scan_segment_backward_py,
 )
 
 __all__ = [
@@ -364,5 +389,6 @@ __all__ = [
     "place_masks",
     "scan_chunk_backward",
     "scan_chunk_forward",
+    "scan_segment_backward",
     "run_over_batch",
 ]

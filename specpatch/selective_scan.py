@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from .cpu_kernels import is_compiled as _kernels_compiled
-from .cpu_kernels import run_over_batch, scan_chunk_backward, scan_chunk_forward
+from .cpu_kernels import run_over_batch, scan_chunk_forward, scan_segment_backward
 
 # Work tiles (batch x chunk x d_state x channels elements) are kept below this size; channels are split beyond it.
 # CPU tiles are large enough to amortise per-op overhead and small enough for the last-level cache; on GPUs larger
@@ -606,19 +606,14 @@ def _scan_backward_cpu(u, delta, A, B, C, starts, grad_y, grad_last_state, rever
     decay, states = u.new_empty(batch, steps, d_state, dim), u.new_empty(batch, steps, d_state, dim)
     carry, scratch, unused = u.new_empty(batch, d_state, dim), u.new_empty(batch, 2, dim), u.new_empty(1, 1, 1)
     threads = _cpu_kernel_threads(u, d_state)
-    forward_arrays = [t.numpy() for t in (delta, A * _LOG2_E, delta * u, B, C, carry, decay, states, unused)]
-    backward_arrays = [t.numpy() for t in (grad_y, B, C, delta, u, A, adjoint, grad_u, grad_delta)]
-    backward_arrays += [t.numpy() for t in (grad_A_per_batch, grad_B, grad_C, scratch)]
+    inputs = [t.numpy() for t in (delta, A * _LOG2_E, delta * u, B, C)]
+    buffers = [t.numpy() for t in (carry, decay, states, unused)]
+    outputs = [t.numpy() for t in (grad_y, u, A, adjoint, grad_u, grad_delta, grad_A_per_batch, grad_B, grad_C, scratch)]
     for index in reversed(range(len(segments))):
         t0, t1 = segments[index]
-        carry.copy_(starts[index])
         run_over_batch(
-            scan_chunk_forward, batch, threads, *forward_arrays, t0, t1 - t0, True, False,
+            scan_segment_backward, batch, threads, *inputs, starts[index].numpy(), *buffers, *outputs, t0, t1 - t0,
             u.dtype == torch.float32, reverse,
-        )  # fmt: skip
-        run_over_batch(
-            scan_chunk_backward, batch, threads, decay.numpy(), states.numpy(), starts[index].numpy(),
-            *backward_arrays, t0, t1 - t0, reverse,
         )  # fmt: skip
     return grad_u, grad_delta, grad_A_per_batch.sum(0), grad_B, grad_C
 

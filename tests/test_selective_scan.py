@@ -200,7 +200,7 @@ def test_compiled_cpu_kernels_match_reference_and_python(monkeypatch, segment_st
     expected = outputs_and_grads(selective_scan_reference)
     for python in (False, True):
         if python:
-            for name in ("scan_chunk_forward", "scan_chunk_backward"):
+            for name in ("scan_chunk_forward", "scan_segment_backward"):
                 monkeypatch.setattr(ss, name, cpu_kernels.PYTHON_FUNCTIONS[name])
         for got, want in zip(outputs_and_grads(selective_scan_torch), expected):
             torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
