@@ -20,8 +20,10 @@ fifth to a quarter of the numpy loop, which bounds the new-tensor ratio; the tra
 computed features, where `inplace=True` applies.
 
 Rows run interleaved and are repeated until their spread is small (`benchmarks/timing.py`); a ratio that stays noisy
-is printed as such. Each timed call masks `--calls` batches (5) and times are reported per batch. Threads: torch runs single-threaded here (`--threads 1`), as augmentation does in DataLoader
-workers; the numpy loop is single-threaded anyway.
+is printed as such. Each timed call masks `--calls` batches (5) and times are reported per batch. Threads: by
+default torch runs single-threaded here (`--threads 1`, the per-core comparison; the numpy loop is single-threaded
+anyway). The training scripts call SpecMask in the main process on the step's batch, with torch's threads
+(`--threads 0`), over which large batches are split.
 
 On CUDA (`--device cuda`) the `SpecMask` rows run on the GPU and the script counts host synchronisations during one
 call with `torch.cuda.set_sync_debug_mode` (the placement runs on the host and its indices are copied once per batch).

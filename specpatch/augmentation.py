@@ -43,7 +43,7 @@ import scipy.special
 import torch
 from torch import nn
 
-from .cpu_kernels import empty_outputs, mask_spectrograms, paint_boxes, place_masks
+from .cpu_kernels import empty_outputs, mask_spectrograms, paint_boxes, place_masks, run_over_batch
 
 # ----------------------------------------------------------------------------------------------------------------
 # Helpers
@@ -443,9 +443,11 @@ class SpecMask(nn.Module):
                 out = x if inplace else torch.empty_like(x, memory_format=torch.contiguous_format)
                 use_mean = self.mask_value == "mean"
                 fill = torch.full((B,), 0.0 if use_mean else self.mask_value, dtype=x.dtype)
-                mask_spectrograms(
-                    x.detach().numpy(), out.detach().numpy(), fill.numpy(), not inplace, use_mean,
-                    placement.boxes, placement.count,
+                # memory-bound on large batches: split over torch's threads (each sample stays with one thread)
+                threads = torch.get_num_threads() if x.numel() >= 2**20 else 1
+                run_over_batch(
+                    mask_spectrograms, B, threads, x.detach().numpy(), out.detach().numpy(), fill.numpy(),
+                    not inplace, use_mean, placement.boxes, placement.count,
                 )  # fmt: skip
             else:
                 fill = _fill_values(x, self.mask_value).reshape(-1).expand(B).contiguous()

@@ -119,17 +119,18 @@ def _paint_boxes_py(target, values, boxes, count):
 
 paint_boxes = _compiled(_paint_boxes_py)
 
-def _mask_spectrograms_py(source, target, values, copy, use_mean, boxes, count):
+def _mask_spectrograms_py(source, target, values, copy, use_mean, boxes, count, first, last):
     """SpecMask's fill for float32 / float64 spectrograms on the CPU, one sample at a time while it is in cache:
     with `copy`, `target[b] = source[b]` (else `target` is `source`, masked in place); with `use_mean`,
     `values[b]` = the mean of `source[b]` (accumulated in float64), computed in the same pass as the copy; then the
     sample's boxes are painted with `values[b]`. `source`, `target`: C-contiguous `(batch, frames, mel)` of one dtype;
-    `values`: `(batch,)` of that dtype (read when `use_mean` is false)."""
+    `values`: `(batch,)` of that dtype (read when `use_mean` is false). Only the samples `first .. last - 1` are
+    processed (`run_over_batch` splits a batch over threads)."""
     batch = source.shape[0]
     size = source.shape[1] * source.shape[2]
     flat_source = source.reshape(batch, size)
     flat_target = target.reshape(batch, size)
-    for sample in range(batch):
+    for sample in range(first, last):
         row = flat_source[sample]
         total = 0.0
         if copy:

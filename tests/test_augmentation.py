@@ -476,3 +476,24 @@ def test_specmask_inplace():
     assert out is y and torch.equal(y, expected)
     with pytest.raises(ValueError, match="contiguous"):
         module(x.transpose(1, 2).contiguous().transpose(1, 2), generator=_gen(0), inplace=True)
+
+
+def test_specmask_split_over_threads_matches_one_thread():
+    """A large batch is masked by several threads (each sample by one): same result as one thread, new tensor and
+    in place, and the fill is each sample's own mean."""
+    x = torch.randn(8, 400, 400) + torch.arange(8.0)[:, None, None]
+    assert x.numel() >= 2**20
+    module = SpecMask(budget=32_000, max_height=400, max_width=40)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        expected, mask = module(x, generator=_gen(4), return_mask=True)
+        torch.set_num_threads(2)
+        assert torch.equal(module(x, generator=_gen(4)), expected)
+        y = x.clone()
+        module(y, generator=_gen(4), inplace=True)
+        assert torch.equal(y, expected)
+    finally:
+        torch.set_num_threads(threads)
+    means = x.mean((1, 2), keepdim=True).expand_as(x)
+    assert torch.allclose(expected[mask], means[mask], atol=1e-5) and torch.equal(expected[~mask], x[~mask])
