@@ -33,8 +33,8 @@ Measured here (2-core CPU shared with other jobs, 1 thread per run, 600 steps x 
   (accuracy %, mean loss of the last 30 steps): reference-vit(square) 9.3 / 6.9 / 4.9 (3.23 / 3.30 / 3.47),
   square-ast 5.0 / 6.2 / 3.3 (3.50 / 3.38 / 3.53); at 10 words no gap (44.2 vs 45.0, seed 0). Paired runs (a
   scratch ablation outside this script) start from square-ast's own initial weights, copied into a plain-PyTorch
-  model that reproduces its run bit for bit, with one AST difference removed: class token only (no distillation token, no two-token mean) 6.3 / 8.0 / 6.0
-  (3.42 / 3.23 / 3.49), better on all three seeds and most of the loss gap; class and distillation tokens starting
+  model that reproduces its run bit for bit, with one AST difference removed: class token only (no distillation
+  token, no two-token mean) 6.3 / 8.0 / 6.0 (3.42 / 3.23 / 3.49), better on all three seeds and most of the loss gap; class and distillation tokens starting
   at zero 6.5 / 4.2 / 3.5 (3.40 / 3.49 / 3.52), no effect; without the head's second LayerNorm 3.2 (3.53, seed 0).
   Patch-stem, attention, MLP, LayerNorm and position-embedding initialisations already have the reference's
   statistics. So the square gap is mostly seed spread of the plateau escape, plus a small, consistent slow-down from
