@@ -27,14 +27,14 @@ Measured here (2-core CPU shared with other jobs, 1 thread per run, 600 steps x 
   difference at this budget (target not met), and both cost about 1.7 points against no masking (11 epochs; the
   paper trains 20 epochs of the full Speech Commands set, where masking pays off).
 - Square patches (FFTP above square: met by a wide margin): square-ast 17.5 / 24.3 / 20.6 (20.8 +- 2.8),
-  reference-vit(square) 34.4 / 27.0 / 21.0 (27.5 +- 5.5); ours - reference = -16.9 / -2.7 / -0.4 per seed. Both
-  sit at chance (loss ln 35 = 3.56) for the first 150-250 steps and only learn once they leave that plateau, so
-  the result depends mostly on when that happens (the seed). Ablations at 300 steps x 64, 35 words, seeds 0 / 1 / 2
-  (accuracy %, mean loss of the last 30 steps): reference-vit(square) 9.3 / 6.9 / 4.9 (3.23 / 3.30 / 3.47),
-  square-ast 5.0 / 6.2 / 3.3 (3.50 / 3.38 / 3.53); at 10 words no gap (44.2 vs 45.0, seed 0). Paired runs (a
-  scratch ablation outside this script) start from square-ast's own initial weights, copied into a plain-PyTorch
-  model that reproduces its run bit for bit, with one AST difference removed: class token only (no distillation
-  token, no two-token mean) 6.3 / 8.0 / 6.0 (3.42 / 3.23 / 3.49), better on all three seeds and most of the loss gap; class and distillation tokens starting
+  reference-vit(square) 34.4 / 27.0 / 21.0 (27.5 +- 5.5); ours - reference = -16.9 / -2.7 / -0.4 per seed. Both sit at
+  chance (loss ln 35 = 3.56) for the first 150-250 steps and only learn once they leave that plateau, so the result
+  depends mostly on when that happens (the seed). Ablations at 300 steps x 64, 35 words, seeds 0 / 1 / 2 (accuracy %,
+  mean loss of the last 30 steps): reference-vit(square) 9.3 / 6.9 / 4.9 (3.23 / 3.30 / 3.47), square-ast 5.0 / 6.2 /
+  3.3 (3.50 / 3.38 / 3.53); at 10 words no gap (44.2 vs 45.0, seed 0). Paired runs (a scratch ablation outside this
+  script) start from square-ast's own initial weights, copied into a plain-PyTorch model that reproduces its run bit
+  for bit, with one AST difference removed: class token only (no distillation token, no two-token mean) 6.3 / 8.0 /
+  6.0 (3.42 / 3.23 / 3.49), better on all three seeds and most of the loss gap; class and distillation tokens starting
   at zero 6.5 / 4.2 / 3.5 (3.40 / 3.49 / 3.52), no effect; without the head's second LayerNorm 3.2 (3.53, seed 0).
   Patch-stem, attention, MLP, LayerNorm and position-embedding initialisations already have the reference's
   statistics. So the square gap is mostly seed spread of the plateau escape, plus a small, consistent slow-down from
