@@ -440,7 +440,7 @@ class SpecMask(nn.Module):
             placement = self._draw(B, T, F, generator)
             if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.is_contiguous():
                 # one compiled pass per sample: copy (unless in place), the sample's mean, its masks
-                out = x if inplace else torch.empty_like(x, memory_format=torch.contiguous_format)
+                out = x if inplace else _empty_like(x)
                 use_mean = self.mask_value == "mean"
                 fill = torch.full((B,), 0.0 if use_mean else self.mask_value, dtype=x.dtype)
                 # memory-bound on large batches: split over torch's threads (each sample stays with one thread)
