@@ -37,10 +37,8 @@ except Exception:  # pragma: no cover - exercised only where numba is missing or
     numba = None
 
 
-def _compiled(function=None, **options):
+def _compiled(function, **options):
     """`function` compiled by numba (no Python objects, cached on disk, releases the GIL), or itself without numba."""
-    if function is None:
-        return lambda f: _compiled(f, **options)
     if numba is None:
         return function
     return numba.njit(cache=True, nogil=True, **options)(function)
@@ -107,17 +105,25 @@ def _place_masks_py(
 place_masks = _compiled(_place_masks_py)
 
 
+def _paint_sample_py(target, sample, value, boxes, count):
+    """`target[sample, t0:t0 + w, f0:f0 + h] = value` for the first `count[sample]` boxes `(t0, f0, w, h)` of
+    `sample`, in place (`target` `(batch, frames, mel)`)."""
+    for k in range(count[sample]):
+        t0, f0 = boxes[sample, k, 0], boxes[sample, k, 1]
+        target[sample, t0 : t0 + boxes[sample, k, 2], f0 : f0 + boxes[sample, k, 3]] = value
+
+
+_paint_sample = _compiled(_paint_sample_py)
+
+
 def _paint_boxes_py(target, values, boxes, count):
-    """`target[b, t0:t0 + w, f0:f0 + h] = values[b]` for the first `count[b]` boxes `(t0, f0, w, h)` of every sample
-    `b`, in place (`target` `(batch, frames, mel)`, `values` `(batch,)` of target's dtype)."""
+    """`_paint_sample` for every sample `b` with `values[b]` (`values` `(batch,)` of target's dtype)."""
     for sample in range(target.shape[0]):
-        value = values[sample]
-        for k in range(count[sample]):
-            t0, f0 = boxes[sample, k, 0], boxes[sample, k, 1]
-            target[sample, t0 : t0 + boxes[sample, k, 2], f0 : f0 + boxes[sample, k, 3]] = value
+        _paint_sample(target, sample, values[sample], boxes, count)
 
 
 paint_boxes = _compiled(_paint_boxes_py)
+
 
 def _mask_spectrograms_py(source, target, values, copy, use_mean, boxes, count, first, last):
     """SpecMask's fill for float32 / float64 spectrograms on the CPU, one sample at a time while it is in cache:
@@ -144,10 +150,7 @@ def _mask_spectrograms_py(source, target, values, copy, use_mean, boxes, count, 
                 total += row[i]
         if use_mean:
             values[sample] = total / size
-        fill = values[sample]
-        for k in range(count[sample]):
-            t0, f0 = boxes[sample, k, 0], boxes[sample, k, 1]
-            target[sample, t0 : t0 + boxes[sample, k, 2], f0 : f0 + boxes[sample, k, 3]] = fill
+        _paint_sample(target, sample, values[sample], boxes, count)
 
 
 # reassociation lets the compiler vectorise the sum (float64 accumulation keeps it accurate)
@@ -178,16 +181,15 @@ def empty_outputs(batch: int, capacity: int):
     )
 
 
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Selective scan (Mamba's S6 recurrence), the per-chunk work of `selective_scan.py`'s CPU path
 # ----------------------------------------------------------------------------------------------------------------------
 
 
 def _kernel(function):
-    """Compiled with numba (fastmath reassociation, so that reductions vectorise), cached, releasing the GIL: the
-    scan kernels run on slices of the batch in several Python threads at once (`run_over_batch`)."""
+    """Compiled with numba (fastmath reassociation and contraction, so that reductions vectorise and multiply-adds
+    fuse), cached, releasing the GIL: the scan kernels run on slices of the batch in several Python threads at once
+    (`run_over_batch`)."""
     return _compiled(function, fastmath={"reassoc", "contract"})
 
 
@@ -244,7 +246,7 @@ def _exp2_row_py(exponent_a, exponent_b, out, scale, scale_bits, fast):
             out[d] = math.exp2(exponent_a[d] * exponent_b[d])
 
 
-_exp2_row = _compiled(_exp2_row_py, fastmath={"reassoc", "contract"})
+_exp2_row = _kernel(_exp2_row_py)
 
 
 def _scan_chunk_forward_py(

@@ -9,8 +9,8 @@ import pytest
 import scipy.stats
 import torch
 
-from specpatch.augmentation import SpecAugment, SpecMask, WaveformMixup, sample_beta, spec_mask_reference
 from specpatch import cpu_kernels
+from specpatch.augmentation import SpecAugment, SpecMask, WaveformMixup, sample_beta, spec_mask_reference
 
 
 def _gen(seed):
