@@ -77,6 +77,7 @@ from specpatch.training import (
     build_optimizer,
     check_distributed_engine,
     cosine_schedule_with_warmup,
+    end_training,
     make_accelerator,
     parse_config_overrides,
     per_device_batch_size,
@@ -712,8 +713,7 @@ def main(argv=None) -> dict:
         if selection is not None:
             summary += f" (state of step {selection.best_step}, selected by {selection.metric})"
         print(f"\nDone in {time.time() - start_time:.0f} s: {summary or 'no evaluation split'}; model in {args.output_dir}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    end_training(accelerator, model)
     return results
 
 

@@ -56,7 +56,7 @@ from specpatch.data import (
 )
 from specpatch.feature_extraction_specpatch import SpecPatchFeatureExtractor
 from specpatch.metrics import classification_metrics
-from specpatch.training import cosine_schedule_with_warmup, make_accelerator
+from specpatch.training import cosine_schedule_with_warmup, end_training, make_accelerator
 
 logger = logging.getLogger("specpatch.linear_probe")
 
@@ -304,8 +304,7 @@ def main(argv=None) -> dict:
             json.dump(results, f, indent=1)
         print(f"\nLinear probe {key}: {results['mean']:.4f} +- {results['std']:.4f} over {len(values)} "
               f"{'folds' if fold_column else 'split'}; results in {results_path}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    end_training(accelerator)
     return results
 
 

@@ -67,6 +67,7 @@ from specpatch.training import (  # noqa: F401  (parse_config_overrides: part of
     build_optimizer,
     check_distributed_engine,
     cosine_schedule_with_warmup,
+    end_training,
     make_accelerator,
     parse_config_overrides,
     per_device_batch_size,
@@ -492,8 +493,7 @@ def main(argv=None) -> dict:
         print(f"\nDone in {time.time() - start_time:.0f} s: {loop.global_step} steps, loss {last.get('loss', 0):.4f} "
               f"(masked {last.get('masked_loss', 0):.4f}, utterance {last.get('utterance_loss', 0):.4f}, "
               f"contrastive {last.get('contrastive_loss', 0):.4f}); model in {args.output_dir}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    end_training(accelerator, model)
     return results
 
 

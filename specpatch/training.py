@@ -399,6 +399,24 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, total
     return final
 
 
+def end_training(accelerator, model: nn.Module | None = None) -> None:
+    """Ends a run on every process: waits for all of them, frees DDP's reducer, then `accelerator.end_training()`.
+
+    Why the reducer first: `accelerator.end_training()` destroys the process group, after which DDP's `Reducer`
+    may hold the group's last reference. torch frees a `Reducer` with the GIL held; the gloo group's destructor then
+    joins its worker threads, one of which may need the GIL to free a finished collective's tensors, and the process
+    never exits (seen in about one 2-process CPU run in ten: main thread in `~ProcessGroupGloo` under
+    `~Reducer`, a worker in `~AsyncBarrierWork` waiting for the GIL). Freed while the group is still registered,
+    the reducer drops a reference that is not the last; torch releases the GIL when the group itself goes.
+    """
+    accelerator.wait_for_everyone()
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        for name in ("logger", "reducer"):  # the logger holds the reducer too
+            if name in model.__dict__:
+                delattr(model, name)
+    accelerator.end_training()
+
+
 def resolve_resume_path(resume: str | None, output_dir: str | os.PathLike) -> str | None:
     """`--resume` semantics: `None` -> no resume; `"latest"` -> newest checkpoint in `output_dir` (None if there is
     none, so a first run with `--resume` simply starts); anything else must be a checkpoint folder."""

@@ -73,25 +73,39 @@ def tiny_config(model_type: str, **kwargs):
 def run_launched(command: list[str], env: dict, cwd: str, timeout: int) -> tuple[int, str]:
     """Runs a (possibly 2-process `accelerate launch`) script; returns `(returncode, output)`.
 
-    Known intermittent problem (full suite only, never a test file alone): a 2-process gloo run that has finished its
-    work (`all_results.json` written by the main process) sometimes does not exit. Such a run is killed with a
-    warning and counted as finished (return code 0); a run that hangs before writing its results fails the caller's
-    return-code check (-9)."""
-    import os
+    A run that has not exited within `timeout` seconds fails (-9) with the Python stacks of every process of the run
+    in its output: each one gets SIGABRT first (`PYTHONFAULTHANDLER` prints all its threads' stacks), then the whole
+    process tree is killed. torchrun starts its workers in sessions of their own, so killing the launcher's process
+    group would leave them running and holding the output pipes (a CI run once waited on them for 80 minutes)."""
     import signal
     import subprocess
-    import warnings
 
+    import psutil
+
+    env = {**env, "PYTHONFAULTHANDLER": "1"}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
                                start_new_session=True)
     try:
         stdout, stderr = process.communicate(timeout=timeout)
         return process.returncode, stdout + stderr
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        output_dir = command[command.index("--output_dir") + 1] if "--output_dir" in command else None
-        if output_dir and os.path.exists(os.path.join(output_dir, "all_results.json")):
-            warnings.warn(f"the run finished its work but did not exit within {timeout} s (killed)")
-            return 0, stdout + stderr
-        return -9, stdout + stderr
+        try:
+            tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            tree = []
+        for member in reversed(tree):  # workers first: their stacks are the interesting ones
+            try:
+                member.send_signal(signal.SIGABRT)
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(tree, timeout=10)
+        for member in tree:
+            try:
+                member.kill()
+            except psutil.NoSuchProcess:
+                pass
+        try:
+            stdout, stderr = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:  # a grandchild we could not see still holds a pipe
+            stdout, stderr = "", "(no output: the pipes stayed open after the process tree was killed)"
+        return -9, f"{stdout}{stderr}\n[run_launched] no exit within {timeout} s: stacks above (SIGABRT), then killed"
