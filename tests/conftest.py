@@ -79,6 +79,7 @@ def run_launched(command: list[str], env: dict, cwd: str, timeout: int) -> tuple
     group would leave them running and holding the output pipes (a CI run once waited on them for 80 minutes)."""
     import signal
     import subprocess
+    import time
 
     import psutil
 
@@ -93,12 +94,15 @@ def run_launched(command: list[str], env: dict, cwd: str, timeout: int) -> tuple
             tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
         except psutil.NoSuchProcess:
             tree = []
-        for member in reversed(tree):  # workers first: their stacks are the interesting ones
+        for member in reversed(tree):  # workers first; one at a time, so that their stacks do not interleave
             try:
                 member.send_signal(signal.SIGABRT)
+                for _ in range(50):  # until it has died (a zombie until its parent reaps it), at most 5 s
+                    if member.status() == psutil.STATUS_ZOMBIE:
+                        break
+                    time.sleep(0.1)
             except psutil.NoSuchProcess:
                 pass
-        psutil.wait_procs(tree, timeout=10)
         for member in tree:
             try:
                 member.kill()
