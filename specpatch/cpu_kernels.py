@@ -1,6 +1,6 @@
 # Copyright 2026 The specpatch authors. Licensed under the Apache License, Version 2.0.
 """Loops compiled with numba (when it is installed): SpecMask's per-sample Algorithm 1 and fill, and the CPU selective
-scan's per-segment passes (`scan_chunk_forward`, `scan_chunk_backward`, used by `selective_scan.py`).
+scan's forward and backward passes (`scan_forward_rows`, `scan_backward_rows`, used by `selective_scan.py`).
 
 SpecMask (FFTP paper, Algorithm 1):
 
@@ -182,7 +182,7 @@ def empty_outputs(batch: int, capacity: int):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Selective scan (Mamba's S6 recurrence), the per-chunk work of `selective_scan.py`'s CPU path
+# Selective scan (Mamba's S6 recurrence): `selective_scan.py`'s CPU path
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -224,163 +224,198 @@ def run_over_batch(kernel, batch: int, threads: int, *args) -> None:
 # 2^f on [0, 1) as a degree-6 polynomial (least squares in relative error on Chebyshev nodes; relative error of the
 # float32 exp2 below <= 6.2e-8, half a float32 ulp), Horner coefficients from the constant term up.
 _EXP2_COEFFICIENTS = (1.0, 0.693146987, 0.240229796, 0.0554835247, 0.00967847255, 0.00124430815, 0.000216906092)
+_EXP2_COEFFICIENTS_F32 = tuple(np.float32(c) for c in _EXP2_COEFFICIENTS)
 
 
-def _exp2_row_py(exponent_a, exponent_b, out, scale, scale_bits, fast):
-    """`out[d] = 2 ** (exponent_a[d] * exponent_b[d])` for one row. With `fast` (float32 rows), without calls to
-    libm so that the compiler vectorises it: the exponent is clamped to [-126, 127] (beyond, float32 under- or
-    overflows anyway), split as `i + f` with `i = floor`, `2^f` from `_EXP2_COEFFICIENTS` and `2^i` built from its
-    IEEE-754 bits (`scale_bits`, an int32 view of the float32 row `scale`). Otherwise `math.exp2`."""
-    if fast:
-        c0, c1, c2, c3, c4, c5, c6 = _EXP2_COEFFICIENTS
-        for d in range(out.shape[0]):
-            v = min(max(exponent_a[d] * exponent_b[d], -126.0), 127.0)
-            whole = math.floor(v)
-            scale_bits[d] = (np.int32(whole) + np.int32(127)) << np.int32(23)
+def _exp2_py(exponent, out, scale, scale_bits, fast):
+    """`out[i] = 2 ** exponent[i]` over 1-D arrays. With `fast` (float32 arrays), without calls to libm so that the
+    compiler vectorises it: the exponent is clamped to [-126, 127] (beyond, float32 under- or overflows anyway), split
+    as `k + f` with `k = floor`, `2^f` from `_EXP2_COEFFICIENTS` and `2^k` built from its IEEE-754 bits
+    (`scale_bits`, an int32 view of the float32 array `scale`). Otherwise `math.exp2`."""
+    if fast:  # float32 throughout (a float64 constant or math.floor would widen the loop to float64 lanes)
+        c0, c1, c2, c3, c4, c5, c6 = _EXP2_COEFFICIENTS_F32
+        low, high = np.float32(-126.0), np.float32(127.0)
+        for i in range(out.shape[0]):
+            v = min(max(exponent[i], low), high)
+            whole = np.floor(v)
+            scale_bits[i] = (np.int32(whole) + np.int32(127)) << np.int32(23)
             f = v - whole
-            out[d] = c0 + f * (c1 + f * (c2 + f * (c3 + f * (c4 + f * (c5 + f * c6)))))
-        for d in range(out.shape[0]):
-            out[d] *= scale[d]
+            out[i] = c0 + f * (c1 + f * (c2 + f * (c3 + f * (c4 + f * (c5 + f * c6)))))
+        for i in range(out.shape[0]):
+            out[i] *= scale[i]
     else:
-        for d in range(out.shape[0]):
-            out[d] = math.exp2(exponent_a[d] * exponent_b[d])
+        for i in range(out.shape[0]):
+            out[i] = math.exp2(exponent[i])
 
 
-_exp2_row = _kernel(_exp2_row_py)
+_exp2 = _kernel(_exp2_py)
 
 
-def _scan_chunk_forward_py(
-    delta, A2, delta_u, B, C, carry, decay, states, y, t0, steps, save, compute_y, fast_exp, reverse, first, last
-):  # fmt: skip
-    """Steps `t0 .. t0 + steps - 1` of the recurrence `h_t = a_t h_{t-1} + (delta_t u_t) B_t` with
+def _forward_row_py(delta, A2, delta_u, B, C, h, decay, states, y, t0, steps, save, compute_y, fast_exp, reverse):
+    """Steps `t0 .. t0 + steps - 1` of one batch row's recurrence `h_t = a_t h_{t-1} + (delta_t u_t) B_t` with
     `a_t = exp(delta_t A) = exp2(delta_t A log2(e))`, and the readout `y_t = sum_n C_t[n] h_t[n]`.
 
-    `delta`, `delta_u`, `y` `(batch, length, dim)` and `B`, `C` `(batch, length, n)` are indexed by `t`; `A2`
-    `(n, dim)` is `A log2(e)`; `carry` `(batch, n, dim)`: the state before `t0` on entry, the last state on return.
-    With `compute_y`, the span's rows of `y` are written; with `save`, the decays and states go to `decay` and `states`
-    `(batch, >= steps, n, dim)` (row `t - t0`; placeholders otherwise). Parallel over the batch, vectorised over
-    channels; nothing of size `(batch, length, n, dim)` is ever built. `fast_exp` (for float32 tensors): the decays
-    use `_exp2_row`'s vectorised exp2 instead of libm's. With `reverse`, step `t` of the recurrence reads and writes
-    time index `length - 1 - t` (a scan backwards in time without flipped copies). Only the batch rows
-    `first .. last - 1` are processed."""
-    _, num_states, dim = carry.shape
-    length = delta.shape[1]
-    for b in range(first, last):
-        a = np.empty(dim, carry.dtype)
-        scale = np.empty(dim, np.float32)
-        scale_bits = scale.view(np.int32)
-        for step in range(steps):
-            t = length - 1 - (t0 + step) if reverse else t0 + step
-            x, dt = delta_u[b, t], delta[b, t]
-            out = y[b, t] if compute_y else y[0, 0]  # `y` may be a placeholder when unused
-            if compute_y:
+    The row's `delta`, `delta_u`, `y` `(length, dim)` and `B`, `C` `(length, n)` are indexed by `t`; `A2` `(n, dim)`
+    is `A log2(e)`; `h` `(n, dim)`: the state before `t0` on entry, the last state on return (`A2`, `h` C-contiguous).
+    With `compute_y`, the span's rows of `y` are written; with `save`, the decays and states go to `decay` and
+    `states` `(>= steps, n, dim)` (row `t - t0`; placeholders otherwise). Per step, the decays of all `n x dim`
+    state entries in one vectorised pass (`_exp2`; `fast_exp` for float32 rows, libm's exp2 otherwise), then the
+    update and readout. With `reverse`, step `t` of the recurrence reads and writes time index `length - 1 - t`
+    (a scan backwards in time without flipped copies)."""
+    num_states, dim = h.shape
+    size = num_states * dim
+    length = delta.shape[0]
+    exponent = np.empty(size, h.dtype)
+    a = np.empty(size, h.dtype)
+    scale = np.empty(size, np.float32)
+    scale_bits = scale.view(np.int32)
+    A2_flat = A2.reshape(size)
+    for step in range(steps):
+        t = length - 1 - (t0 + step) if reverse else t0 + step
+        x, dt = delta_u[t], delta[t]
+        for n in range(num_states):
+            for d in range(dim):
+                exponent[n * dim + d] = dt[d] * A2_flat[n * dim + d]
+        _exp2(exponent, a, scale, scale_bits, fast_exp)
+        out = y[t] if compute_y else y[0]  # `y` may be a placeholder when unused
+        if compute_y:
+            for d in range(dim):
+                out[d] = 0
+        for n in range(num_states):
+            b_n, c_n = B[t, n], C[t, n]
+            h_n, a_n = h[n], a[n * dim : (n + 1) * dim]
+            if save:
+                a_out, h_out = decay[step, n], states[step, n]
                 for d in range(dim):
-                    out[d] = 0
-            for n in range(num_states):
-                b_n, c_n = B[b, t, n], C[b, t, n]
-                h = carry[b, n]
-                _exp2_row(dt, A2[n], a, scale, scale_bits, fast_exp)
-                if save:
-                    a_out, h_out = decay[b, step, n], states[b, step, n]
-                    for d in range(dim):
-                        value = a[d] * h[d] + x[d] * b_n
-                        h[d] = value
-                        a_out[d] = a[d]
-                        h_out[d] = value
-                elif compute_y:
-                    for d in range(dim):
-                        value = a[d] * h[d] + x[d] * b_n
-                        h[d] = value
-                        out[d] += c_n * value
-                else:
-                    for d in range(dim):
-                        h[d] = a[d] * h[d] + x[d] * b_n
+                    value = a_n[d] * h_n[d] + x[d] * b_n
+                    h_n[d] = value
+                    a_out[d] = a_n[d]
+                    h_out[d] = value
+            elif compute_y:
+                for d in range(dim):
+                    value = a_n[d] * h_n[d] + x[d] * b_n
+                    h_n[d] = value
+                    out[d] += c_n * value
+            else:
+                for d in range(dim):
+                    h_n[d] = a_n[d] * h_n[d] + x[d] * b_n
 
 
-scan_chunk_forward = _kernel(_scan_chunk_forward_py)
+_forward_row = _kernel(_forward_row_py)
 
 
-def _scan_chunk_backward_py(
+def _backward_row_py(
     decay, states, start, grad_y, B, C, delta, u, A, adjoint, grad_u, grad_delta, grad_A, grad_B, grad_C, scratch,
-    t0, steps, reverse, first, last,
+    t0, steps, reverse,
 ):  # fmt: skip
-    """The reverse-time pass over steps `t0 + steps - 1 .. t0` of the selective scan's backward (see
+    """The reverse-time pass over steps `t0 + steps - 1 .. t0` of one batch row's selective scan backward (see
     `selective_scan._scan_backward`).
 
-    With `G_t = dL/dh_t` (total), running backwards: `G_t = C_t gy_t + a_{t+1} G_{t+1}`; `adjoint` `(batch, n, dim)`
-    holds `a_{t+1} G_{t+1}` (on entry: the adjoint carried from after the span; on return: `dL/d(state before t0)`).
-    Per step, with `h_{t-1}` the previous state (`start` before `t0`): `dL/d(delta_t A) = G_t a_t h_{t-1}`,
+    With `G_t = dL/dh_t` (total), running backwards: `G_t = C_t gy_t + a_{t+1} G_{t+1}`; `adjoint` `(n, dim)` holds
+    `a_{t+1} G_{t+1}` (on entry: the adjoint carried from after the span; on return: `dL/d(state before t0)`). Per
+    step, with `h_{t-1}` the previous state (`start` before `t0`): `dL/d(delta_t A) = G_t a_t h_{t-1}`,
     `dL/d(delta_t u_t B_t) = G_t`, `dL/dC_t = gy_t h_t`.
 
-    `decay`, `states` `(batch, >= steps, n, dim)`: the span's `a_t` and `h_t` (row `t - t0`); `start` `(batch, n,
-    dim)`; `grad_y`, `delta`, `u`, `grad_u`, `grad_delta` `(batch, length, dim)` and `B`, `C`, `grad_B`, `grad_C`
-    `(batch, length, n)` indexed by `t`; `A` `(n, dim)`. The span's rows of `grad_u`, `grad_delta`, `grad_B`,
-    `grad_C` are written; `grad_A` `(batch, n, dim)` is accumulated per batch element (the caller sums it);
-    `scratch` `(batch, 2, dim)`. `reverse`: as in `_scan_chunk_forward_py`. Only the batch rows `first .. last - 1`
-    are processed."""
-    _, _, num_states, dim = decay.shape
+    `decay`, `states` `(>= steps, n, dim)`: the span's `a_t` and `h_t` (row `t - t0`); `start` `(n, dim)`; the row's
+    `grad_y`, `delta`, `u`, `grad_u`, `grad_delta` `(length, dim)` and `B`, `C`, `grad_B`, `grad_C` `(length, n)`
+    indexed by `t`; `A` `(n, dim)`. The span's rows of `grad_u`, `grad_delta`, `grad_B`, `grad_C` are written;
+    `grad_A` `(n, dim)` is accumulated (the row's share; the caller sums the rows); `scratch` `(2, dim)`. `reverse`:
+    as in `_forward_row_py`."""
+    _, num_states, dim = decay.shape
+    length = delta.shape[0]
+    delta_grad, adjoint_sum = scratch[0], scratch[1]
+    for step in range(steps - 1, -1, -1):
+        t = length - 1 - (t0 + step) if reverse else t0 + step
+        for d in range(dim):
+            delta_grad[d] = 0
+            adjoint_sum[d] = 0
+        gy, dt, ut = grad_y[t], delta[t], u[t]
+        previous = states[step - 1] if step > 0 else start
+        for n in range(num_states):
+            b_n, c_n = B[t, n], C[t, n]
+            a, h, h_prev, carry = decay[step, n], states[step, n], previous[n], adjoint[n]
+            A_n, grad_A_n = A[n], grad_A[n]
+            sum_b = gy[0] * np.float32(0)  # the rows' dtype (an integer 0 would make it float64 for float32 rows)
+            sum_c = gy[0] * np.float32(0)
+            for d in range(dim):
+                g = carry[d] + c_n * gy[d]
+                log_decay_grad = g * a[d] * h_prev[d]
+                delta_grad[d] += log_decay_grad * A_n[d]
+                grad_A_n[d] += log_decay_grad * dt[d]
+                adjoint_sum[d] += g * b_n
+                sum_b += g * dt[d] * ut[d]
+                sum_c += h[d] * gy[d]
+                carry[d] = g * a[d]
+            grad_B[t, n] = sum_b
+            grad_C[t, n] = sum_c
+        for d in range(dim):
+            grad_delta[t, d] = delta_grad[d] + adjoint_sum[d] * ut[d]
+            grad_u[t, d] = adjoint_sum[d] * dt[d]
+
+
+_backward_row = _kernel(_backward_row_py)
+
+
+def _scan_forward_rows_py(delta, A2, delta_u, B, C, carry, starts, y, segment_steps, save_starts, fast_exp, reverse,
+                          first, last):  # fmt: skip
+    """The whole forward scan of the batch rows `first .. last - 1` (`_forward_row`, readout into `y`), each row
+    from its first step to its last: rows are independent, so a thread takes its rows through every step without
+    waiting for the others. `delta`, `delta_u`, `y` `(batch, length, dim)`, `B`, `C` `(batch, length, n)`, `A2`
+    `(n, dim)`; `carry` `(batch, n, dim)`: the initial states on entry, the last states on return. With
+    `save_starts`, the state before every span of `segment_steps` steps (in scan order) goes to `starts[k, b]`
+    `(segments, batch, n, dim)`, for the backward pass."""
     length = delta.shape[1]
+    unused = np.empty((1, 1, 1), delta.dtype)
     for b in range(first, last):
-        delta_grad, adjoint_b = scratch[b, 0], scratch[b, 1]
-        for step in range(steps - 1, -1, -1):
-            t = length - 1 - (t0 + step) if reverse else t0 + step
-            for d in range(dim):
-                delta_grad[d] = 0
-                adjoint_b[d] = 0
-            gy, dt, ut = grad_y[b, t], delta[b, t], u[b, t]
-            previous = states[b, step - 1] if step > 0 else start[b]
-            for n in range(num_states):
-                b_n, c_n = B[b, t, n], C[b, t, n]
-                a, h, h_prev, carry = decay[b, step, n], states[b, step, n], previous[n], adjoint[b, n]
-                A_n, grad_A_n = A[n], grad_A[b, n]
-                sum_b = gy[0] * 0
-                sum_c = gy[0] * 0
-                for d in range(dim):
-                    g = carry[d] + c_n * gy[d]
-                    log_decay_grad = g * a[d] * h_prev[d]
-                    delta_grad[d] += log_decay_grad * A_n[d]
-                    grad_A_n[d] += log_decay_grad * dt[d]
-                    adjoint_b[d] += g * b_n
-                    sum_b += g * dt[d] * ut[d]
-                    sum_c += h[d] * gy[d]
-                    carry[d] = g * a[d]
-                grad_B[b, t, n] = sum_b
-                grad_C[b, t, n] = sum_c
-            for d in range(dim):
-                grad_delta[b, t, d] = delta_grad[d] + adjoint_b[d] * ut[d]
-                grad_u[b, t, d] = adjoint_b[d] * dt[d]
+        h = carry[b]
+        for t0 in range(0, length, segment_steps):
+            if save_starts:
+                starts[t0 // segment_steps, b] = h
+            steps = min(segment_steps, length - t0)
+            _forward_row(delta[b], A2, delta_u[b], B[b], C[b], h, unused, unused, y[b], t0, steps, False, True,
+                         fast_exp, reverse)  # fmt: skip
 
 
-scan_chunk_backward = _kernel(_scan_chunk_backward_py)
+scan_forward_rows = _kernel(_scan_forward_rows_py)
 
 
-def _scan_segment_backward_py(
-    delta, A2, delta_u, B, C, start, carry, decay, states, unused, grad_y, u, A, adjoint, grad_u, grad_delta, grad_A,
-    grad_B, grad_C, scratch, t0, steps, fast_exp, reverse, first, last,
+def _scan_backward_rows_py(
+    delta, A2, delta_u, B, C, starts, grad_y, u, A, adjoint, grad_u, grad_delta, grad_A, grad_B, grad_C,
+    segment_steps, fast_exp, reverse, first, last,
 ):  # fmt: skip
-    """One segment of the backward pass, batch row by batch row: the row's decays and states recomputed from
-    `start` (`scan_chunk_forward` with `save`, into `decay` / `states`), then its reverse-time pass
-    (`scan_chunk_backward`), so that a row's segment (steps x n x dim) is still in cache when it is read back.
-    Arguments as in those two functions (`carry` is scratch of `start`'s shape, `unused` a placeholder `y`)."""
+    """The whole backward scan of the batch rows `first .. last - 1`, span by span from the last: the span's decays
+    and states recomputed from its saved start (`_forward_row` with `save`, into buffers of one span of one row,
+    which stay in cache), then its reverse-time pass (`_backward_row`). `starts` as saved by `scan_forward_rows`;
+    `adjoint` `(batch, n, dim)`: the gradient of the last state on entry, of the initial state on return; `grad_A`
+    `(batch, n, dim)` per row (the caller sums it); the other arguments as in `_backward_row_py`, for the batch."""
+    _, length, dim = delta.shape
+    num_states = A.shape[0]
+    decay = np.empty((segment_steps, num_states, dim), delta.dtype)
+    states = np.empty((segment_steps, num_states, dim), delta.dtype)
+    h = np.empty((num_states, dim), delta.dtype)
+    scratch = np.empty((2, dim), delta.dtype)
+    unused = np.empty((1, 1), delta.dtype)
+    segments = (length + segment_steps - 1) // segment_steps
     for b in range(first, last):
-        carry[b, :, :] = start[b]
-        scan_chunk_forward(
-            delta, A2, delta_u, B, C, carry, decay, states, unused, t0, steps, True, False, fast_exp, reverse, b, b + 1
-        )
-        scan_chunk_backward(
-            decay, states, start, grad_y, B, C, delta, u, A, adjoint, grad_u, grad_delta, grad_A, grad_B, grad_C,
-            scratch, t0, steps, reverse, b, b + 1,
-        )  # fmt: skip
+        for index in range(segments - 1, -1, -1):
+            t0 = index * segment_steps
+            steps = min(segment_steps, length - t0)
+            h[:, :] = starts[index, b]
+            _forward_row(delta[b], A2, delta_u[b], B[b], C[b], h, decay, states, unused, t0, steps, True, False,
+                         fast_exp, reverse)  # fmt: skip
+            _backward_row(
+                decay, states, starts[index, b], grad_y[b], B[b], C[b], delta[b], u[b], A, adjoint[b], grad_u[b],
+                grad_delta[b], grad_A[b], grad_B[b], grad_C[b], scratch, t0, steps, reverse,
+            )  # fmt: skip
 
 
-scan_segment_backward = _kernel(_scan_segment_backward_py)
+scan_backward_rows = _kernel(_scan_backward_rows_py)
 
 
 PYTHON_FUNCTIONS.update(
-    exp2_row=_exp2_row_py,
-    scan_chunk_forward=_scan_chunk_forward_py,
-    scan_chunk_backward=_scan_chunk_backward_py,
-    scan_segment_backward=_scan_segment_backward_py,
+    exp2=_exp2_py,
+    scan_forward_rows=_scan_forward_rows_py,
+    scan_backward_rows=_scan_backward_rows_py,
 )
 
 __all__ = [
@@ -390,8 +425,7 @@ __all__ = [
     "overlaps_placed",
     "paint_boxes",
     "place_masks",
-    "scan_chunk_backward",
-    "scan_chunk_forward",
-    "scan_segment_backward",
+    "scan_backward_rows",
+    "scan_forward_rows",
     "run_over_batch",
 ]

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from .cpu_kernels import is_compiled as _kernels_compiled
-from .cpu_kernels import run_over_batch, scan_chunk_forward, scan_segment_backward
+from .cpu_kernels import run_over_batch, scan_backward_rows, scan_forward_rows
 
 # Work tiles (batch x chunk x d_state x channels elements) are kept below this size; channels are split beyond it.
 # CPU tiles are large enough to amortise per-op overhead and small enough for the last-level cache; on GPUs larger
@@ -60,11 +60,10 @@ _SEQUENTIAL_MIN_STEP_ELEMENTS = {"cpu": 2**14}
 # on a 2-core EPYC, batch 64 x 192 channels x 16 states: 2**19 is 1.5x faster than 2**21 and 2.4x than 2**22).
 _SEQUENTIAL_TILE_ELEMENTS = {"cpu": 2**19}
 _LOG2_E = 1.4426950408889634
-# CPU path with the compiled kernels (`cpu_kernels.scan_chunk_forward` / `_backward`): the sequence is processed in
-# segments of this many time steps; the forward pass saves the state before each segment for the backward pass,
-# which recomputes the segment's states (d_state 16: the saved states take about the memory of `u`).
+# CPU path with the compiled kernels (`cpu_kernels.scan_forward_rows` / `scan_backward_rows`): the forward pass saves
+# the state before every segment of this many time steps, from which the backward pass recomputes the segment's
+# states (d_state 16: the saved states take about the memory of `u`).
 _CPU_SEGMENT_STEPS = 16
-_CPU_SEGMENT_MAX_ELEMENTS = 2**24  # segments get shorter when batch x steps x d_state x channels would exceed this
 _CPU_PARALLEL_MIN_ELEMENTS = 2**18  # scans of fewer (batch x length x channels x d_state) elements use one thread
 
 
@@ -557,42 +556,36 @@ def _cpu_kernel_threads(u: torch.Tensor, d_state: int) -> int:
     return torch.get_num_threads() if u.numel() * d_state >= _CPU_PARALLEL_MIN_ELEMENTS else 1
 
 
-def _cpu_segments(batch: int, length: int, dim: int, d_state: int) -> list[tuple[int, int]]:
-    steps = max(1, min(_CPU_SEGMENT_STEPS, _CPU_SEGMENT_MAX_ELEMENTS // max(1, batch * d_state * dim)))
-    return [(t0, min(length, t0 + steps)) for t0 in range(0, length, steps)]
+def _cpu_segment_count(length: int) -> int:
+    return -(-length // _CPU_SEGMENT_STEPS)
 
 
 def _scan_forward_cpu(u, delta, A, B, C, save_starts=False, reverse=False):
-    """`_scan_forward` with the compiled kernels: `cpu_kernels.scan_chunk_forward` runs the discretisation, the
-    recurrence and the readout in one pass, parallel over the batch, one segment of time steps per call.
-    `starts`: the state before every segment (with `save_starts`, for the backward pass). `reverse`: the scan runs
-    from the last time step to the first (segments count in scan order)."""
+    """`_scan_forward` with the compiled kernels: `cpu_kernels.scan_forward_rows` runs the discretisation, the
+    recurrence and the readout in one pass, parallel over the batch (one hand-off to the threads per call: each
+    takes its rows through every step). `starts`: the state before every segment of `_CPU_SEGMENT_STEPS` steps
+    (with `save_starts`, for the backward pass). `reverse`: the scan runs from the last time step to the first
+    (segments count in scan order)."""
     batch, length, dim = u.shape
     d_state = A.shape[0]
-    segments = _cpu_segments(batch, length, dim, d_state)
     u, delta = u.contiguous(), delta.contiguous()
     y = u.new_empty(batch, length, dim)
     carry = u.new_zeros(batch, d_state, dim)
-    starts = u.new_empty(len(segments) if save_starts else 0, batch, d_state, dim)
-    unused = u.new_empty(1, 1, 1, 1)
-    threads = _cpu_kernel_threads(u, d_state)
-    arrays = [t.numpy() for t in (delta, A * _LOG2_E, delta * u, B, C, carry, unused, unused, y)]
-    for index, (t0, t1) in enumerate(segments):
-        if save_starts:
-            starts[index] = carry
-        run_over_batch(
-            scan_chunk_forward, batch, threads, *arrays, t0, t1 - t0, False, True, u.dtype == torch.float32, reverse
-        )
+    starts = u.new_empty(_cpu_segment_count(length) if save_starts else 0, batch, d_state, dim)
+    arrays = [t.numpy() for t in (delta, A * _LOG2_E, delta * u, B, C, carry, starts, y)]
+    run_over_batch(
+        scan_forward_rows, batch, _cpu_kernel_threads(u, d_state), *arrays, _CPU_SEGMENT_STEPS, save_starts,
+        u.dtype == torch.float32, reverse,
+    )  # fmt: skip
     return y, carry, starts
 
 
 def _scan_backward_cpu(u, delta, A, B, C, starts, grad_y, grad_last_state, reverse=False):
-    """`_scan_backward` with the compiled kernels: per segment (last first), the decays and states recomputed from
-    the saved start (`scan_chunk_forward`), then the reverse-time pass and every gradient in one pass
-    (`scan_chunk_backward`), both parallel over the batch."""
+    """`_scan_backward` with the compiled kernels: `cpu_kernels.scan_backward_rows` takes each batch row through its
+    segments, last first: the segment's decays and states recomputed from the saved start, then the reverse-time
+    pass with every gradient, parallel over the batch."""
     batch, length, dim = u.shape
     d_state = A.shape[0]
-    segments = _cpu_segments(batch, length, dim, d_state)
     u, delta = u.contiguous(), delta.contiguous()
     grad_y = grad_y.contiguous() if grad_y is not None else torch.zeros_like(u)
     grad_u, grad_delta = torch.empty_like(u), torch.empty_like(delta)
@@ -602,19 +595,15 @@ def _scan_backward_cpu(u, delta, A, B, C, starts, grad_y, grad_last_state, rever
         adjoint = grad_last_state.to(u.dtype).contiguous().clone()
     else:
         adjoint = u.new_zeros(batch, d_state, dim)
-    steps = segments[0][1] - segments[0][0]
-    decay, states = u.new_empty(batch, steps, d_state, dim), u.new_empty(batch, steps, d_state, dim)
-    carry, scratch, unused = u.new_empty(batch, d_state, dim), u.new_empty(batch, 2, dim), u.new_empty(1, 1, 1)
-    threads = _cpu_kernel_threads(u, d_state)
-    inputs = [t.numpy() for t in (delta, A * _LOG2_E, delta * u, B, C)]
-    buffers = [t.numpy() for t in (carry, decay, states, unused)]
-    outputs = [t.numpy() for t in (grad_y, u, A, adjoint, grad_u, grad_delta, grad_A_per_batch, grad_B, grad_C, scratch)]
-    for index in reversed(range(len(segments))):
-        t0, t1 = segments[index]
-        run_over_batch(
-            scan_segment_backward, batch, threads, *inputs, starts[index].numpy(), *buffers, *outputs, t0, t1 - t0,
-            u.dtype == torch.float32, reverse,
-        )  # fmt: skip
+    arrays = [
+        t.numpy()
+        for t in (delta, A * _LOG2_E, delta * u, B, C, starts, grad_y, u, A, adjoint, grad_u, grad_delta,
+                  grad_A_per_batch, grad_B, grad_C)
+    ]  # fmt: skip
+    run_over_batch(
+        scan_backward_rows, batch, _cpu_kernel_threads(u, d_state), *arrays, _CPU_SEGMENT_STEPS,
+        u.dtype == torch.float32, reverse,
+    )  # fmt: skip
     return grad_u, grad_delta, grad_A_per_batch.sum(0), grad_B, grad_C
 
 
