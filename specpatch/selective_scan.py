@@ -15,10 +15,12 @@ optionally gated, `y_t * silu(z_t)`. `selective_scan` has the argument names, sh
 
 When `mamba_ssm` is installed and the tensors are on a CUDA device the fused kernel runs; otherwise
 `selective_scan_torch`. On the CPU, for Mamba's operands (`B`, `C` selective and shared by all channels, float32 or
-float64), it runs compiled kernels (`cpu_kernels.py`, numba): per segment of 16 time steps one pass computes the
-decays (a vectorised float32 exp2), the recurrence and the readout, parallel over the batch in torch's thread count,
-and the backward pass recomputes a segment's states from the state saved before it and runs the reverse-time
-recurrence with every gradient in one more pass; nothing of size `(batch, length, dim, d_state)` is built. Elsewhere
+float64), it runs compiled kernels (`cpu_kernels.py`, numba): the batch rows are split over torch's thread count
+once per call and each thread takes its rows through every time step: per step one vectorised pass computes the
+decays of all `d_state x dim` state entries (a float32 exp2 without libm), then the recurrence and the readout; the
+state before every segment of 16 steps is saved, and the backward pass recomputes a segment's states from it (one
+row at a time, so they stay in cache) and runs the reverse-time recurrence with every gradient in one more pass;
+nothing of size `(batch, length, dim, d_state)` is built. Elsewhere
 (GPUs without `mamba_ssm`, time-invariant or grouped `B` / `C`) the pure-PyTorch implementation, parallel over the
 sequence, runs on any device:
 
