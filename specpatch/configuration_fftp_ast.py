@@ -64,6 +64,11 @@ class FFTPASTConfig(PatchingConfigMixin, PreTrainedConfig):
             the square baseline). Longer inputs get time-interpolated position embeddings, shorter ones truncated.
         num_mel_bins (`int`, *optional*, defaults to 128):
             Number of mel bins of the input spectrogram.
+        use_distillation_token (`bool`, *optional*, defaults to `True`):
+            Whether a second prefix token follows the class token, as in AST (DeiT's distillation token, kept by AST
+            from the DeiT weights it starts from); the pooled output is then the mean of the two. AST checkpoints
+            need it (`from_ast` sets it). Without it the class token alone is pooled, as in ViT. Inferred: the FFTP
+            paper builds on AST and does not discuss the token.
     """
 
     model_type = "fftp_ast"
@@ -85,6 +90,7 @@ class FFTPASTConfig(PatchingConfigMixin, PreTrainedConfig):
     time_stride: int = 1
     max_length: int = 1000
     num_mel_bins: int = 128
+    use_distillation_token: bool = True
 
     def __post_init__(self, **kwargs):
         if isinstance(self.patch_size, tuple):

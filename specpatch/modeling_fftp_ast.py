@@ -24,15 +24,17 @@ from .modeling_layers import (
 
 
 class FFTPASTEmbeddings(nn.Module):
-    """Patch tokens with AST's class and distillation tokens prepended and learned position embeddings added."""
-
-    num_prefix_tokens = 2
+    """Patch tokens with AST's class and distillation tokens (the latter unless `config.use_distillation_token` is
+    off) prepended and learned position embeddings added."""
 
     def __init__(self, config: FFTPASTConfig):
         super().__init__()
         self.config = config
+        self.num_prefix_tokens = 2 if config.use_distillation_token else 1
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
-        self.distillation_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.distillation_token = (
+            nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.use_distillation_token else None
+        )
         self.patch_embeddings = SpectrogramPatchEmbeddings(
             config.num_mel_bins, config.patch_size, config.frequency_stride, config.time_stride, config.hidden_size
         )
@@ -54,10 +56,10 @@ class FFTPASTEmbeddings(nn.Module):
     def forward(self, input_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         patch_tokens, grid = self.patch_embeddings(input_values)
         batch_size = patch_tokens.shape[0]
-        embeddings = torch.cat(
-            [self.cls_token.expand(batch_size, -1, -1), self.distillation_token.expand(batch_size, -1, -1), patch_tokens],
-            dim=1,
-        )
+        prefix = [self.cls_token.expand(batch_size, -1, -1)]
+        if self.distillation_token is not None:
+            prefix.append(self.distillation_token.expand(batch_size, -1, -1))
+        embeddings = torch.cat([*prefix, patch_tokens], dim=1)
         embeddings = embeddings + self.position_embeddings_for(grid)
         return self.dropout(embeddings), grid
 
@@ -78,12 +80,14 @@ class FFTPASTPreTrainedModel(PreTrainedModel):
         if isinstance(module, FFTPASTEmbeddings):
             # ViT / DeiT start: small random tokens and position embeddings, so positions are distinguishable.
             init.trunc_normal_(module.cls_token, std=self.config.initializer_range)
-            init.trunc_normal_(module.distillation_token, std=self.config.initializer_range)
+            if module.distillation_token is not None:
+                init.trunc_normal_(module.distillation_token, std=self.config.initializer_range)
             init.trunc_normal_(module.position_embeddings, std=self.config.initializer_range)
 
 
 class FFTPASTModel(FFTPASTPreTrainedModel):
-    """The bare FFTP-AST encoder. `pooler_output` is the mean of the class and distillation tokens (as in AST)."""
+    """The bare FFTP-AST encoder. `pooler_output` is the mean of the class and distillation tokens (as in AST), or the
+    class token without a distillation token."""
 
     def __init__(self, config: FFTPASTConfig):
         super().__init__(config)
@@ -134,7 +138,10 @@ class FFTPASTModel(FFTPASTPreTrainedModel):
             embeddings, output_attentions=eager, output_hidden_states=output_hidden_states
         )
         sequence_output = self.layernorm(sequence_output)
-        pooled_output = (sequence_output[:, 0] + sequence_output[:, 1]) / 2
+        if self.embeddings.distillation_token is not None:
+            pooled_output = (sequence_output[:, 0] + sequence_output[:, 1]) / 2
+        else:
+            pooled_output = sequence_output[:, 0]
         attentions = attentions if output_attentions else None
         if not return_dict:
             return tuple(v for v in (sequence_output, pooled_output, hidden_states, attentions) if v is not None)
@@ -246,7 +253,9 @@ class FFTPASTForAudioClassification(FFTPASTPreTrainedModel):
                 "problem_type",
             )
         }
-        config = FFTPASTConfig(**{**fields, **config_overrides})
+        if not config_overrides.get("use_distillation_token", True):
+            raise ValueError("`from_ast` keeps AST's distillation token: `use_distillation_token=False` cannot be set.")
+        config = FFTPASTConfig(**{**fields, **config_overrides, "use_distillation_token": True})
         model = cls(config)
         model.load_state_dict(_convert_ast_state_dict(ast.state_dict(), ast_config, config), strict=True)
         return model.to(next(ast.parameters()).dtype)

@@ -103,10 +103,10 @@ def patch_scores_to_spectrogram(
 
 def num_prefix_tokens(config) -> int:
     """Tokens before the patch tokens in a model's attention maps: 2 for FFTP-AST (class and distillation tokens, as
-    in AST), 1 for AaPE-ViT (class token). FFTP-AuM has no attention maps."""
+    in AST; 1 without the distillation token), 1 for AaPE-ViT (class token). FFTP-AuM has no attention maps."""
     model_type = getattr(config, "model_type", None)
     if model_type == "fftp_ast":
-        return 2
+        return 2 if getattr(config, "use_distillation_token", True) else 1
     if model_type == "aape_vit":
         return 1
     raise ValueError(

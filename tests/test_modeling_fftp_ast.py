@@ -179,3 +179,29 @@ def test_parameters_missing_from_a_checkpoint_are_initialised(tmp_path):
     assert 0.015 < positions.std().item() < 0.025  # (truncated) normal with std = initializer_range
     assert positions.mean().abs().item() < 0.005
     torch.testing.assert_close(reloaded.classifier.dense.weight, model.classifier.dense.weight)
+
+
+def test_without_distillation_token_the_class_token_is_pooled(tmp_path):
+    """`use_distillation_token=False`: one prefix token, pooled alone (ViT); the model saves, reloads, and its
+    attention rollout counts one prefix token. `from_ast` refuses to drop AST's distillation token."""
+    from specpatch.visualization import num_prefix_tokens
+
+    config = tiny_config("fftp_ast", num_labels=3, use_distillation_token=False)
+    model = FFTPASTForAudioClassification(config).eval()
+    assert model.fftp_ast.embeddings.distillation_token is None
+    assert not any("distillation" in name for name in model.state_dict())
+    inputs = torch.randn(2, 64, 128)
+    with torch.no_grad():
+        out = model.fftp_ast(inputs, output_attentions=True)
+    tokens = config.num_patches + 1
+    assert out.last_hidden_state.shape == (2, tokens, config.hidden_size)
+    assert out.attentions[0].shape[-1] == tokens
+    torch.testing.assert_close(out.pooler_output, out.last_hidden_state[:, 0])
+    assert num_prefix_tokens(config) == 1 and num_prefix_tokens(tiny_config("fftp_ast")) == 2
+    model.save_pretrained(tmp_path)
+    reloaded = FFTPASTForAudioClassification.from_pretrained(tmp_path).eval()
+    assert reloaded.config.use_distillation_token is False
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(inputs).logits, model(inputs).logits)
+    with pytest.raises(ValueError, match="distillation token"):
+        FFTPASTForAudioClassification.from_ast(_random_ast(), use_distillation_token=False)
