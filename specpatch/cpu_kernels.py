@@ -251,7 +251,9 @@ def _exp2_py(exponent, out, scale, scale_bits, fast):
 _exp2 = _kernel(_exp2_py)
 
 
-def _forward_row_py(delta, A2, delta_u, B, C, h, decay, states, y, t0, steps, save, compute_y, fast_exp, reverse):
+def _forward_row_py(
+    delta, A2, delta_u, B, C, h, decay, states, y, t0, steps, save, compute_y, fast_exp, reverse, work
+):  # fmt: skip
     """Steps `t0 .. t0 + steps - 1` of one batch row's recurrence `h_t = a_t h_{t-1} + (delta_t u_t) B_t` with
     `a_t = exp(delta_t A) = exp2(delta_t A log2(e))`, and the readout `y_t = sum_n C_t[n] h_t[n]`.
 
@@ -261,14 +263,12 @@ def _forward_row_py(delta, A2, delta_u, B, C, h, decay, states, y, t0, steps, sa
     `states` `(>= steps, n, dim)` (row `t - t0`; placeholders otherwise). Per step, the decays of all `n x dim`
     state entries in one vectorised pass (`_exp2`; `fast_exp` for float32 rows, libm's exp2 otherwise), then the
     update and readout. With `reverse`, step `t` of the recurrence reads and writes time index `length - 1 - t`
-    (a scan backwards in time without flipped copies)."""
+    (a scan backwards in time without flipped copies). `work`: scratch from `_row_work`."""
     num_states, dim = h.shape
     size = num_states * dim
     length = delta.shape[0]
-    exponent = np.empty(size, h.dtype)
-    a = np.empty(size, h.dtype)
-    scale = np.empty(size, np.float32)
-    scale_bits = scale.view(np.int32)
+    exponent, a, scale = work[0], work[1], work[2].view(np.float32)
+    scale_bits = work[2]
     A2_flat = A2.reshape(size)
     for step in range(steps):
         t = length - 1 - (t0 + step) if reverse else t0 + step
@@ -302,6 +302,16 @@ def _forward_row_py(delta, A2, delta_u, B, C, h, decay, states, y, t0, steps, sa
 
 
 _forward_row = _kernel(_forward_row_py)
+
+
+def _row_work(num_states, dim, dtype):
+    """Scratch of `_forward_row`, allocated once per thread: exponents and decays (`dtype`), and the int32 bits of
+    the float32 powers of two."""
+    size = num_states * dim
+    return (np.empty(size, dtype), np.empty(size, dtype), np.empty(size, np.int32))
+
+
+_row_work = _compiled(_row_work)
 
 
 def _backward_row_py(
@@ -366,6 +376,7 @@ def _scan_forward_rows_py(delta, A2, delta_u, B, C, carry, starts, y, segment_st
     `(segments, batch, n, dim)`, for the backward pass."""
     length = delta.shape[1]
     unused = np.empty((1, 1, 1), delta.dtype)
+    work = _row_work(carry.shape[1], carry.shape[2], delta.dtype)
     for b in range(first, last):
         h = carry[b]
         for t0 in range(0, length, segment_steps):
@@ -373,7 +384,7 @@ def _scan_forward_rows_py(delta, A2, delta_u, B, C, carry, starts, y, segment_st
                 starts[t0 // segment_steps, b] = h
             steps = min(segment_steps, length - t0)
             _forward_row(delta[b], A2, delta_u[b], B[b], C[b], h, unused, unused, y[b], t0, steps, False, True,
-                         fast_exp, reverse)  # fmt: skip
+                         fast_exp, reverse, work)  # fmt: skip
 
 
 scan_forward_rows = _kernel(_scan_forward_rows_py)
@@ -395,6 +406,7 @@ def _scan_backward_rows_py(
     h = np.empty((num_states, dim), delta.dtype)
     scratch = np.empty((2, dim), delta.dtype)
     unused = np.empty((1, 1), delta.dtype)
+    work = _row_work(num_states, dim, delta.dtype)
     segments = (length + segment_steps - 1) // segment_steps
     for b in range(first, last):
         for index in range(segments - 1, -1, -1):
@@ -402,7 +414,7 @@ def _scan_backward_rows_py(
             steps = min(segment_steps, length - t0)
             h[:, :] = starts[index, b]
             _forward_row(delta[b], A2, delta_u[b], B[b], C[b], h, decay, states, unused, t0, steps, True, False,
-                         fast_exp, reverse)  # fmt: skip
+                         fast_exp, reverse, work)  # fmt: skip
             _backward_row(
                 decay, states, starts[index, b], grad_y[b], B[b], C[b], delta[b], u[b], A, adjoint[b], grad_u[b],
                 grad_delta[b], grad_A[b], grad_B[b], grad_C[b], scratch, t0, steps, reverse,
