@@ -46,6 +46,11 @@ Measured here (2-core CPU shared with other jobs, 1 thread per run, 600 steps x 
   Patch-stem, attention, MLP, LayerNorm and position-embedding initialisations already have the reference's
   statistics. So the square gap is mostly seed spread of the plateau escape, plus a small, consistent slow-down from
   AST's distillation token (kept: AST checkpoints need it).
+  With `use_distillation_token=False` (`square-ast(no-dist)`, 600 steps, seeds 0-3, two processes of one thread):
+  square-ast 17.5 / 24.3 / 20.6 / 16.8 (19.8), square-ast(no-dist) 29.5 / 25.6 / 17.0 / 21.5 (23.4),
+  reference-vit(square) 34.4 / 27.0 / 21.0 / 22.4 (26.2): without the token +3.6 points on average (+12.0 / +1.3 /
+  -3.6 / +4.7), 2.8 points from the reference (ours with AST's layout 6.4); the seed spread is as large as the
+  differences.
 - Extended rows (seed 0 unless noted): reference-aum 74.4 (669 s), fftp-aum 76.8 / 79.8 (seeds 0 / 1, 172 s),
   fftp-aum+specmask 82.6. FFTP-AuM is as good as the minimal mambapy AuM; both trail the ViT reference by ~8
   points while fitting the training set as well or better (final loss 0.07 vs 0.09): the Mamba architecture
