@@ -27,11 +27,10 @@ import platform
 import time
 
 import torch
+from timing import interleaved, load_average
 from transformers import MambaConfig
 from transformers.models.mamba.modeling_mamba import MambaMixer
 from transformers.utils import logging as hf_logging
-
-from timing import interleaved, load_average
 
 from specpatch import FFTPASTConfig, FFTPASTForAudioClassification
 from specpatch.configuration_fftp_aum import FFTPAuMConfig
@@ -191,14 +190,14 @@ def bench_scan(args) -> dict:
             t = [v.transpose(1, 2) for v in (x, delta, B, C)]
             return selective_scan_torch(t[0], t[1], A, t[2], t[3], D).transpose(1, 2)
 
-        def forward(function):
+        def forward(function, leaves=leaves):
             def run():
                 with torch.no_grad():
                     function(*leaves)
 
             return run
 
-        def forward_backward(function):
+        def forward_backward(function, leaves=leaves):
             return lambda: function(*leaves).sum().backward()
 
         with torch.no_grad():

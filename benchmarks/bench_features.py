@@ -20,8 +20,8 @@ import warnings
 
 import numpy as np
 import torch
-from transformers import ASTFeatureExtractor
 from timing import interleaved, load_average
+from transformers import ASTFeatureExtractor
 from transformers.utils import is_speech_available
 
 from specpatch.feature_extraction_specpatch import SpecPatchFeatureExtractor

@@ -180,7 +180,7 @@ def make_keyword_task(
         utterances = list(pool.map(lambda j: synthesize(words[j[1]], speakers[j[0]], j[2], j[3], espeak), jobs))
 
     clips = np.empty((len(jobs), SAMPLING_RATE), np.float32)
-    for i, ((s, label, _, _, clip_seed), utterance) in enumerate(zip(jobs, utterances)):
+    for i, ((s, _label, _, _, clip_seed), utterance) in enumerate(zip(jobs, utterances)):
         clip_rng = np.random.default_rng(clip_seed)
         # Babble: another word by another speaker of the same split, quietly underneath.
         # (a different speaker where the split has several, so babble never leaks a test voice into training).

@@ -658,7 +658,7 @@ def _rows_aum(p: dict) -> list[tuple]:
                 )
             )
     scan = p.get("scan") or {}
-    for label, row in scan.items():
+    for _label, row in scan.items():
         if not isinstance(row, Mapping) or "speedups" not in row:
             continue
         for key, target in (("forward", 5), ("fwd+bwd", None)):

@@ -14,9 +14,8 @@ Everything here is configuration-agnostic (plain arguments), so one implementati
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

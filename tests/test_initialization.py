@@ -6,9 +6,8 @@ import math
 
 import pytest
 import torch
-from torch import nn
-
 from conftest import TINY_CONFIGS
+from torch import nn
 
 import specpatch
 from specpatch.modeling_layers import init_transformer_weights

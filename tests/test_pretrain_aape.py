@@ -12,12 +12,11 @@ import json
 import logging
 import math
 import os
-import subprocess
 import sys
 
 import pytest
-from conftest import run_launched
 import torch
+from conftest import run_launched
 from dataset_factories import make_audioset_parquet
 from safetensors.torch import load_file
 

@@ -24,7 +24,6 @@ from specpatch.data import (
 )
 from specpatch.feature_extraction_specpatch import SpecPatchFeatureExtractor
 
-
 STEPS = 36
 
 
