@@ -51,12 +51,12 @@ Measured here (2-core CPU shared with other jobs, 1 thread per run, 600 steps x 
   reference-vit(square) 34.4 / 27.0 / 21.0 / 22.4 (26.2): without the token +3.6 points on average (+12.0 / +1.3 /
   -3.6 / +4.7), 2.8 points from the reference (ours with AST's layout 6.4); the seed spread is as large as the
   differences.
-- Extended rows (seed 0 unless noted): reference-aum 74.4 (669 s), fftp-aum 76.8 / 79.8 (seeds 0 / 1, 172 s;
-  94 s with the row-wise scan kernels, again 76.8 on seed 0), fftp-aum+specmask 82.6. FFTP-AuM is as good as the
-  minimal mambapy AuM; both trail the ViT reference by ~8 points while fitting the training set as well or better (final loss 0.07 vs 0.09): the Mamba architecture
-  generalises less to held-out speakers at this size and budget. Init ablations of fftp-aum (seed 0) stay within
-  the seed spread: `initializer_scheme="vit"` (truncated normal 0.02 for stem and head, zero biases; AuM's head
-  init) 80.0, no `sqrt(layers)` rescale of the output projections 79.3.
+- Extended rows (seed 0 unless noted): reference-aum 74.4 (669 s), fftp-aum 76.8 / 79.8 (seeds 0 / 1, 172 s; 94 s with
+  the row-wise scan kernels, again 76.8 on seed 0), fftp-aum+specmask 82.6. FFTP-AuM is as good as the minimal mambapy
+  AuM; both trail the ViT reference by ~8 points while fitting the training set as well or better (final loss 0.07 vs
+  0.09): the Mamba architecture generalises less to held-out speakers at this size and budget. Init ablations of
+  fftp-aum (seed 0) stay within the seed spread: `initializer_scheme="vit"` (truncated normal 0.02 for stem and head,
+  zero biases; AuM's head init) 80.0, no `sqrt(layers)` rescale of the output projections 79.3.
 - reference-vit(16x16) 17.9, aape-vit(standard) 31.2, aape-vit(aape) 66.1 (seed 0): with AaPE-ViT's
   non-overlapping 16 x 16 patches the standard stem (fixed sin-cos positions) beats the minimal ViT (learned
   positions), and the AaPE stem (aliasing-aware SBLU tokens) more than doubles it.
