@@ -97,6 +97,11 @@ class FFTPASTConfig(PatchingConfigMixin, PreTrainedConfig):
             self.patch_size = list(self.patch_size)  # the JSON round trip gives a list: keep one type
         super().__post_init__(**kwargs)
 
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patch tokens: the class token, and the distillation token where it is used."""
+        return 2 if self.use_distillation_token else 1
+
     def validate_architecture(self):
         """Part of `@strict` validation: the encoder width and the patching must be consistent."""
         super().validate_architecture()

@@ -304,14 +304,14 @@ def _forward_row_py(
 _forward_row = _kernel(_forward_row_py)
 
 
-def _row_work(num_states, dim, dtype):
+def _row_work_py(num_states, dim, dtype):
     """Scratch of `_forward_row`, allocated once per thread: exponents and decays (`dtype`), and the int32 bits of
     the float32 powers of two."""
     size = num_states * dim
     return (np.empty(size, dtype), np.empty(size, dtype), np.empty(size, np.int32))
 
 
-_row_work = _compiled(_row_work)
+_row_work = _compiled(_row_work_py)
 
 
 def _backward_row_py(

@@ -30,7 +30,7 @@ class FFTPASTEmbeddings(nn.Module):
     def __init__(self, config: FFTPASTConfig):
         super().__init__()
         self.config = config
-        self.num_prefix_tokens = 2 if config.use_distillation_token else 1
+        self.num_prefix_tokens = config.num_prefix_tokens
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.distillation_token = (
             nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.use_distillation_token else None

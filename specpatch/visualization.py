@@ -106,7 +106,7 @@ def num_prefix_tokens(config) -> int:
     in AST; 1 without the distillation token), 1 for AaPE-ViT (class token). FFTP-AuM has no attention maps."""
     model_type = getattr(config, "model_type", None)
     if model_type == "fftp_ast":
-        return 2 if getattr(config, "use_distillation_token", True) else 1
+        return config.num_prefix_tokens
     if model_type == "aape_vit":
         return 1
     raise ValueError(

@@ -91,7 +91,8 @@ def run_launched(command: list[str], env: dict, cwd: str, timeout: int) -> tuple
         return process.returncode, stdout + stderr
     except subprocess.TimeoutExpired:
         try:
-            tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+            root = psutil.Process(process.pid)
+            tree = [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
             tree = []
         for member in reversed(tree):  # workers first; one at a time, so that their stacks do not interleave
