@@ -1,6 +1,7 @@
 # Copyright 2026 The specpatch authors. Licensed under the Apache License, Version 2.0.
-"""Loops compiled with numba (when it is installed): SpecMask's per-sample Algorithm 1 and fill, and the CPU selective
-scan's forward and backward passes (`scan_forward_rows`, `scan_backward_rows`, used by `selective_scan.py`).
+"""Loops compiled with numba (when it is installed): SpecMask's per-sample Algorithm 1 and fill, the CPU selective
+scan's forward and backward passes (`scan_forward_rows`, `scan_backward_rows`, used by `selective_scan.py`), and the
+feature extractor's framing / windowing and power spectrum (`windowed_frames`, `power_spectrum`).
 
 SpecMask (FFTP paper, Algorithm 1):
 
@@ -424,8 +425,56 @@ def _scan_backward_rows_py(
 scan_backward_rows = _kernel(_scan_backward_rows_py)
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Front end (`feature_extraction_specpatch.py`'s CPU path): the elementwise passes around the FFT, fused
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _windowed_frames_py(signal, first_frame, hop, preemphasis, offsets, window, buffer):
+    """Writes frames `first_frame .. first_frame + buffer.shape[0] - 1` of the flat float32 `signal` (frame `f` is
+    `signal[f * hop : f * hop + win]`, `win = window.shape[0]`), windowed, into the first `win` columns of the float64
+    FFT buffer `buffer` `(frames, n_fft)` (its zero padding is left untouched).
+
+    With `preemphasis != 0` (Kaldi): sample `i >= 1` of a frame becomes `(x[i] - preemphasis * x[i - 1] -
+    offsets[frame]) * window[i]` (pre-emphasis of the raw samples, then Kaldi's DC removal folded into one offset per
+    frame, see `_log_mel`); sample 0, where Kaldi's window is 0, is written as 0. Otherwise `x[i] * window[i]`.
+    Arithmetic in float64, in the same order as the torch ops it replaces (one pass instead of four)."""
+    win = window.shape[0]
+    for i in range(buffer.shape[0]):
+        base = (first_frame + i) * hop
+        if preemphasis != 0.0:
+            offset = offsets[first_frame + i]
+            buffer[i, 0] = 0.0
+            previous = np.float64(signal[base])
+            for j in range(1, win):
+                current = np.float64(signal[base + j])
+                buffer[i, j] = ((current - preemphasis * previous) - offset) * window[j]
+                previous = current
+        else:
+            for j in range(win):
+                buffer[i, j] = np.float64(signal[base + j]) * window[j]
+
+
+windowed_frames = _compiled(_windowed_frames_py)
+
+
+def _power_spectrum_py(spectrum, out):
+    """`out[i, k] = re^2 + im^2` of the complex128 spectrum given as its float64 `(frames, bins, 2)` real view, summed
+    in float64 and stored in the float32 `out` (one pass instead of square, add and cast)."""
+    for i in range(out.shape[0]):
+        for k in range(out.shape[1]):
+            re = spectrum[i, k, 0]
+            im = spectrum[i, k, 1]
+            out[i, k] = re * re + im * im
+
+
+power_spectrum = _compiled(_power_spectrum_py)
+
+
 PYTHON_FUNCTIONS.update(
     exp2=_exp2_py,
+    windowed_frames=_windowed_frames_py,
+    power_spectrum=_power_spectrum_py,
     scan_forward_rows=_scan_forward_rows_py,
     scan_backward_rows=_scan_backward_rows_py,
 )
@@ -437,7 +486,9 @@ __all__ = [
     "overlaps_placed",
     "paint_boxes",
     "place_masks",
+    "power_spectrum",
     "scan_backward_rows",
     "scan_forward_rows",
     "run_over_batch",
+    "windowed_frames",
 ]

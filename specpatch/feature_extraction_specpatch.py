@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import math
 import warnings
 from collections.abc import Iterable, Sequence
@@ -48,6 +49,8 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.utils import TensorType, logging
 
 from .audio_utils import resample, to_mono, validate_waveform
+from .cpu_kernels import is_compiled as cpu_kernels_compiled
+from .cpu_kernels import power_spectrum, windowed_frames
 
 logger = logging.get_logger(__name__)
 
@@ -145,6 +148,7 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
     _cpu_chunk_frames = 512
     _gpu_chunk_frames = 65536
     _thread_chunks = True
+    _fused_cpu_kernels = cpu_kernels_compiled()  # numba kernels for the passes around the FFT (else torch ops)
 
     def __init__(
         self,
@@ -362,20 +366,21 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
         threads = torch.get_num_threads()
         num_chunks = -(-total // chunk)
         if signal.is_cuda or threads == 1 or num_chunks < 2 or not self._thread_chunks or not _openmp_backend():
-            self._process_frames(0, total, *args)
+            self._process_frames(range(0, total, chunk), total, *args)
         else:
-            # Coarse-grained CPU parallelism: each worker thread takes a contiguous run of chunks and runs its ops
-            # single-threaded, instead of every small op synchronising torch's intra-op threads (which stalls
-            # badly when the machine is busy). Under OpenMP, torch's thread count is per OS thread, so the
-            # caller's setting is untouched (with torch's native thread pool it is global, so this path needs
-            # OpenMP); workers restore the process default on exit.
+            # Coarse-grained CPU parallelism: worker threads run the chunks' ops single-threaded, instead of every
+            # small op synchronising torch's intra-op threads (which stalls badly when the machine is busy). The
+            # schedule is dynamic: each worker takes the next chunk from one shared counter when it is free, so on a
+            # busy machine a worker whose core is taken by another process holds back one chunk, not half the batch.
+            # Under OpenMP, torch's thread count is per OS thread, so the caller's setting is untouched (with torch's
+            # native thread pool it is global, so this path needs OpenMP); workers restore it on exit.
             workers = min(threads, num_chunks)
-            bounds = [min(total, (num_chunks * k // workers) * chunk) for k in range(workers + 1)]
+            starts = itertools.count(0, chunk)  # `next` on it is atomic under the GIL: a thread-safe work queue
 
-            def run(k):
+            def run(_):
                 torch.set_num_threads(1)
                 try:
-                    self._process_frames(bounds[k], bounds[k + 1], *args)
+                    self._process_frames(starts, total, *args)
                 finally:
                     torch.set_num_threads(threads)
 
@@ -383,10 +388,11 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
                 list(pool.map(run, range(workers)))
         return out.view(batch, slots, self.num_mel_bins)[:, :num_frames]
 
-    def _process_frames(self, begin, end, signal, dc_offsets, out, window, mel_filters, chunk, do_normalize):
+    def _process_frames(self, starts, end, signal, dc_offsets, out, window, mel_filters, chunk, do_normalize):
         """
-        Runs flat frames `[begin, end)` through pre-emphasis (kaldi), window, FFT, power, mel, log and normalisation
-        in chunks of `chunk` frames, writing into `out[begin:end]`.
+        Runs the chunks of flat frames `[start, min(start + chunk, end))` for each `start` taken from `starts` (a
+        range, or an iterator shared by worker threads; stops at the first `start >= end`) through pre-emphasis
+        (kaldi), window, FFT, power, mel, log and normalisation, writing into `out[start:stop]`.
 
         Framing, pre-emphasis, window and FFT run in float64: a float32 FFT's rounding (about 1e-7 of a frame's
         energy) visibly changes the log of mel bands near the log floor next to loud tones (up to ~3e-3 after
@@ -395,24 +401,40 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
         """
         win, hop = self.win_length, self.hop_length
         device = signal.device
-        chunk = min(chunk, end - begin)
+        # On CPU with numba, the passes before and after the FFT are two compiled loops (`cpu_kernels`): the same
+        # float64 arithmetic, one pass each instead of ~7 torch ops over multi-MB temporaries.
+        fused = (
+            self._fused_cpu_kernels
+            and device.type == "cpu"
+            and signal.dtype == torch.float32
+            and not signal.requires_grad
+        )
         frames = signal.unfold(0, win, hop)  # (total_frames, win), a strided view: no copy
-        if dc_offsets is not None:
-            # Float64 copy and pre-emphasis of the flat samples under one chunk of frames.
-            samples64 = torch.empty((chunk - 1) * hop + win, dtype=torch.float64, device=device)
-            emphasized = torch.empty_like(samples64)
-            emphasized[0] = 0.0
         fft_buffer = torch.zeros(chunk, self.n_fft, dtype=torch.float64, device=device)
         # Preallocated FFT output: a fresh multi-MB result per chunk costs page faults.
         spectrum_buffer = torch.empty(chunk, self.n_fft // 2 + 1, dtype=torch.complex128, device=device)
-        power64 = torch.empty(chunk, self.n_fft // 2 + 1, dtype=torch.float64, device=device)
         power = torch.empty(chunk, self.n_fft // 2 + 1, dtype=torch.float32, device=device)
-        for start in range(begin, end, chunk):
+        if fused:
+            signal_np, window_np = signal.numpy(), window.numpy()
+            offsets_np = dc_offsets.reshape(-1).numpy() if dc_offsets is not None else np.empty(0)
+            preemphasis = KALDI_PREEMPHASIS if dc_offsets is not None else 0.0
+        else:
+            power64 = torch.empty(chunk, self.n_fft // 2 + 1, dtype=torch.float64, device=device)
+            if dc_offsets is not None:
+                # Float64 copy and pre-emphasis of the flat samples under one chunk of frames.
+                samples64 = torch.empty((chunk - 1) * hop + win, dtype=torch.float64, device=device)
+                emphasized = torch.empty_like(samples64)
+                emphasized[0] = 0.0
+        for start in starts:
+            if start >= end:
+                break
             stop = min(start + chunk, end)
             size = stop - start
             windowed = fft_buffer[:size, :win]
             frame = frames[start:stop]
-            if dc_offsets is None:
+            if fused:
+                windowed_frames(signal_np, start, hop, preemphasis, offsets_np, window_np, fft_buffer[:size].numpy())
+            elif dc_offsets is None:
                 torch.mul(frame, window, out=windowed)
             else:
                 # Kaldi's pre-emphasis x[i] - 0.97 x[i - 1], once on the chunk's samples rather than on each of the
@@ -426,11 +448,15 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
                 torch.sub(frame[:, 1:], dc_offsets[start:stop], out=windowed[:, 1:])
                 windowed[:, 1:].mul_(window[1:])
             spectrum = torch.fft.rfft(fft_buffer[:size], dim=-1, out=spectrum_buffer[:size])
-            # |X|^2 = re^2 + im^2 in float64: squaring the interleaved (re, im) pairs in place is one contiguous
-            # pass (strided real / imag views are much slower), then the pair sums, then the cast to float32.
-            pairs = torch.view_as_real(spectrum).square_()
-            torch.add(pairs[..., 0], pairs[..., 1], out=power64[:size])
-            power[:size].copy_(power64[:size])
+            # |X|^2 = re^2 + im^2 in float64, stored in float32.
+            if fused:
+                power_spectrum(torch.view_as_real(spectrum).numpy(), power[:size].numpy())
+            else:
+                # Squaring the interleaved (re, im) pairs in place is one contiguous pass (strided real / imag views
+                # are much slower), then the pair sums, then the cast to float32.
+                pairs = torch.view_as_real(spectrum).square_()
+                torch.add(pairs[..., 0], pairs[..., 1], out=power64[:size])
+                power[:size].copy_(power64[:size])
             mel = out[start:stop]
             if isinstance(mel_filters, torch.Tensor):
                 torch.matmul(power[:size], mel_filters, out=mel)

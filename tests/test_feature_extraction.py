@@ -12,6 +12,7 @@ from transformers.audio_utils import spectrogram, window_function
 from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging as hf_logging
 
+from specpatch import cpu_kernels
 from specpatch.audio_utils import resample
 from specpatch.feature_extraction_specpatch import SpecPatchFeatureExtractor
 
@@ -222,6 +223,51 @@ def test_threaded_chunks_match_single_pass(monkeypatch, frontend):
     finally:
         torch.set_num_threads(threads)
     np.testing.assert_allclose(threaded, single, atol=1e-6, rtol=0)  # 1 vs 2 intra-op threads: rounding only
+
+
+@pytest.mark.parametrize("frontend", ["kaldi", "logmel"])
+def test_fused_cpu_kernels_match_torch_ops(monkeypatch, frontend):
+    # The numba framing / power kernels do the torch path's float64 arithmetic in the same order: identical features.
+    if not cpu_kernels.is_compiled():
+        pytest.skip("numba not importable: the torch ops run anyway")
+    monkeypatch.setattr(SpecPatchFeatureExtractor, "_cpu_chunk_frames", 37)  # several chunks, a partial last one
+    extractor = SpecPatchFeatureExtractor(frontend=frontend, max_length=150)
+    clips = [_noise(SR, 21), _tonal(SR // 2 + 7, 22), _noise(2 * SR, 23)]
+    fused = extractor(clips, sampling_rate=SR)["input_values"]
+    monkeypatch.setattr(SpecPatchFeatureExtractor, "_fused_cpu_kernels", False)
+    torch_ops = extractor(clips, sampling_rate=SR)["input_values"]
+    np.testing.assert_array_equal(fused, torch_ops)
+
+
+@pytest.mark.parametrize("preemphasis", [0.97, 0.0])
+def test_frame_kernels_compiled_match_python(preemphasis):
+    # The compiled kernels against their uncompiled source, and against a direct numpy statement of each formula.
+    rng = np.random.default_rng(5)
+    hop, win, n_fft, first, frames = 160, 400, 512, 3, 11
+    signal = rng.standard_normal((first + frames) * hop + win).astype(np.float32)
+    offsets = rng.standard_normal(first + frames)
+    window = np.hanning(win)
+    results = []
+    for frame_kernel in (cpu_kernels.windowed_frames, cpu_kernels.PYTHON_FUNCTIONS["windowed_frames"]):
+        buffer = np.full((frames, n_fft), 7.0)
+        frame_kernel(signal, first, hop, preemphasis, offsets if preemphasis else np.empty(0), window, buffer)
+        results.append(buffer)
+    np.testing.assert_array_equal(results[0], results[1])
+    x = np.stack([signal[(first + i) * hop : (first + i) * hop + win].astype(np.float64) for i in range(frames)])
+    if preemphasis:
+        x[:, 1:] = x[:, 1:] - preemphasis * x[:, :-1] - offsets[first:, None]
+        x[:, 0] = 0.0
+    np.testing.assert_allclose(results[0][:, :win], x * window, rtol=1e-15, atol=1e-15)
+    assert (results[0][:, win:] == 7.0).all()  # the zero padding of the FFT buffer is not touched
+
+    spectrum = np.fft.rfft(results[0], axis=-1)
+    powers = []
+    for power_kernel in (cpu_kernels.power_spectrum, cpu_kernels.PYTHON_FUNCTIONS["power_spectrum"]):
+        out = np.empty(spectrum.shape, np.float32)
+        power_kernel(spectrum.view(np.float64).reshape(*spectrum.shape, 2), out)
+        powers.append(out)
+    np.testing.assert_array_equal(powers[0], powers[1])
+    np.testing.assert_array_equal(powers[0], (np.abs(spectrum) ** 2).astype(np.float32))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
