@@ -18,9 +18,11 @@ Each benchmark script runs in its own process (as a user would run it), one afte
 | `aape` | `bench_aape.py` | AaPE patch-embedding parameter counts vs the paper; pre-training step, standard vs AaPE |
 
 The printed output of every script is kept in RESULTS.md; the tables are parsed from it (or from the JSON the
-script writes). Ratios compare across machines; absolute times are this machine's and are reported as such. The
-load average before and after is recorded: on a shared machine absolute times suffer far more than the ratios,
-which every script measures with interleaved or back-to-back runs.
+script writes). Ratios compare across machines; absolute times are this machine's and are reported as such. While
+each script runs, the CPU time that *other* processes take (all CPU time in `/proc/stat` minus this run's own) and
+the hypervisor's steal time are recorded: the load average cannot tell a shared machine from the benchmarks' own
+threads. On a shared machine absolute times suffer far more than the ratios, which every script measures with
+interleaved or back-to-back runs.
 
 On a CUDA machine (`--device cuda`, the default when one is visible) the scripts that take a device run on it, and a
 GPU section adds absolute forward latency and throughput of the three models (`gpu_throughput`).
@@ -34,6 +36,7 @@ import json
 import os
 import platform
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -118,6 +121,7 @@ class RunResult:
     data: dict = field(default_factory=dict)  # JSON written by the script, if any
     parsed: dict = field(default_factory=dict)
     load_after: tuple | None = None  # 1, 5, 15-minute load average when the script finished
+    other_load: dict | None = None  # {"other": cores, "steal": cores} of CPU not ours while it ran (`foreign_load`)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -160,6 +164,40 @@ def machine_info() -> dict:
     except ImportError:
         info["mamba_ssm"] = False
     return info
+
+
+def cpu_snapshot() -> dict | None:
+    """CPU seconds so far: `busy` (all cores, non-idle, from `/proc/stat`), `steal` (taken by the hypervisor) and
+    `ours` (this process and its finished children), with the wall clock; `None` where `/proc/stat` is missing."""
+    try:
+        with open("/proc/stat") as handle:
+            fields = handle.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 9:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) / ticks for x in fields[1:9])
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "time": time.perf_counter(),
+        "busy": user + nice + system + irq + softirq,
+        "steal": steal,
+        "ours": own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime,
+    }
+
+
+def foreign_load(before: dict | None, after: dict | None) -> dict | None:
+    """Average number of cores that other processes (`other`) and the hypervisor (`steal`) took between two
+    `cpu_snapshot`s: the load a benchmark competed with, which the load average mixes with its own threads."""
+    if not before or not after or after["time"] <= before["time"]:
+        return None
+    seconds = after["time"] - before["time"]
+    other = (after["busy"] - before["busy"]) - (after["ours"] - before["ours"])
+    return {
+        "other": round(max(0.0, other) / seconds, 2),
+        "steal": round(max(0.0, after["steal"] - before["steal"]) / seconds, 2),
+    }
 
 
 def load_average() -> tuple[float, float, float] | None:
@@ -864,13 +902,30 @@ def render_markdown(
         f"- GPU: {machine['gpu'] or 'none (CPU only)'}; mamba_ssm kernels: {'yes' if machine.get('mamba_ssm') else 'no'}",
     ]
     cores = machine.get("usable_cores") or 1
+    measured = {key: r.other_load for key, r in results.items() if r.other_load}
+    if measured:
+        worst = max(measured, key=lambda key: measured[key]["other"] + measured[key]["steal"])
+        other, steal = measured[worst]["other"], measured[worst]["steal"]
+        lines.append(
+            f"- CPU taken by other processes while the benchmarks ran (`/proc/stat` minus this run's own CPU time): "
+            f"at most {other:.2f} of {cores} cores on average over one benchmark (`{worst}`), hypervisor steal "
+            f"{steal:.2f} cores there; per benchmark in the raw outputs below"
+        )
+        if other + steal > 0.25 * cores:
+            lines.append(
+                f"- **The machine was shared during this run** (other processes and the hypervisor took "
+                f"{other + steal:.2f} of {cores} cores during `{worst}`): absolute times are inflated and noisy; the "
+                "ratios, from interleaved runs, are the figures to read, and even they carry more noise than on an "
+                "idle machine (multi-threaded kernels suffer most from oversubscribed cores)."
+            )
     if load_before and load_after:
         peak = max(x for x in (load_max, load_before[0], load_after[0]) if x is not None)
         lines.append(
             f"- load average (1, 5, 15 min, `os.getloadavg()`): {tuple(load_before)} before, {tuple(load_after)} after "
             f"the run, 1-minute peak {peak:.1f} between benchmarks, on {cores} cores"
+            + (" (it counts the benchmarks' own threads too)" if measured else "")
         )
-        if max(peak, load_before[1]) > 0.75 * cores:
+        if not measured and max(peak, load_before[1]) > 0.75 * cores:  # no /proc/stat figures: the load average
             lines.append(
                 f"- **The machine was shared and loaded during this run** (1-minute load up to {peak:.1f} on {cores} "
                 "cores): absolute times are inflated and noisy; the ratios, from interleaved runs, are the figures to "
@@ -925,6 +980,11 @@ def render_markdown(
             "<details>",
             f"<summary><code>python {command_line}</code>: exit {result.returncode}, {result.seconds:.0f} s"
             + (f", load {result.load_after[0]:.1f} when it ended" if result.load_after else "")
+            + (
+                f", other processes {result.other_load['other']:.2f} cores, steal {result.other_load['steal']:.2f}"
+                if result.other_load
+                else ""
+            )
             + "</summary>",
             "",
             "```text",
@@ -951,6 +1011,7 @@ def _result_from_dict(key: str, raw: dict) -> RunResult:
         key, raw["command"], raw["returncode"], raw["seconds"], raw["stdout"], raw["stderr"], raw.get("data") or {}
     )
     result.load_after = raw.get("load_after")
+    result.other_load = raw.get("other_load")
     result.parsed = PARSERS[key](result.stdout, result.data)  # re-parsed with the current parsers
     return result
 
@@ -1019,7 +1080,9 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as workdir:
         for benchmark in selected:
             print(f"[run_all] {benchmark.key}: {benchmark.script} ...", flush=True)
+            before = cpu_snapshot()
             result = run_benchmark(benchmark, args.quick, device, workdir)
+            result.other_load = foreign_load(before, cpu_snapshot())
             _relative_json_paths(result)
             result.load_after = load_average()
             loads.append(result.load_after)
@@ -1032,6 +1095,7 @@ def main(argv=None) -> dict:
                 "stderr": result.stderr,
                 "data": result.data,
                 "load_after": result.load_after,
+                "other_load": result.other_load,
             }
             _save(args.json, state)
             status = "ok" if result.returncode == 0 else f"FAILED (exit {result.returncode})"

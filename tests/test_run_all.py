@@ -259,6 +259,31 @@ def test_markdown_report(run_all):
     assert "shared and loaded" not in quiet and "(quick mode)" in quiet and "GPU: absolute" not in quiet
 
 
+def test_report_tells_other_processes_from_our_own_load(run_all):
+    """A high load average from the benchmarks' own threads is not a shared machine; CPU taken by other processes
+    (or the hypervisor) is."""
+    results = _results(run_all)
+    for result in results.values():
+        result.other_load = {"other": 0.05, "steal": 0.0}
+    own_load = run_all.render_markdown(results, _machine(), (1.8, 1.5, 1.2), (1.9, 1.6, 1.3), False, "cmd")
+    assert "shared" not in own_load and "at most 0.05 of 2 cores" in own_load
+    assert "it counts the benchmarks' own threads too" in own_load
+    results["aum"].other_load = {"other": 0.6, "steal": 0.1}
+    shared = run_all.render_markdown(results, _machine(), (0.2, 0.1, 0.1), (0.3, 0.1, 0.1), False, "cmd")
+    assert "**The machine was shared during this run**" in shared and "0.70 of 2 cores during `aum`" in shared
+    assert "other processes 0.60 cores, steal 0.10" in shared
+
+
+def test_foreign_load_subtracts_our_own_cpu_time(run_all):
+    before = {"time": 10.0, "busy": 100.0, "steal": 5.0, "ours": 40.0}
+    after = {"time": 20.0, "busy": 118.0, "steal": 6.0, "ours": 55.0}  # 18 s busy, 15 s of it ours, over 10 s
+    assert run_all.foreign_load(before, after) == {"other": 0.3, "steal": 0.1}
+    assert run_all.foreign_load(None, after) is None
+    snapshot = run_all.cpu_snapshot()
+    if snapshot is not None:  # Linux
+        assert set(snapshot) == {"time", "busy", "steal", "ours"} and min(snapshot.values()) >= 0
+
+
 def test_from_json_rerenders_a_saved_run(run_all, tmp_path):
     results = _results(run_all)
     state = {
