@@ -15,7 +15,10 @@
 Batched log-mel feature extractor for the specpatch models (FFTP-AST, FFTP-AuM, AaPE-ViT).
 
 Two front ends, both computed as one batched torch graph (framing with `unfold`, `torch.fft.rfft`, a mel matmul) on
-the device of the input tensor:
+the device of the input tensor. On CPU the frames go through in cache-sized chunks that worker threads take from one
+shared counter, and with numba (a dependency) the passes before and after the FFT (framing, pre-emphasis, DC removal
+and window; power spectrum) are two compiled loops (`cpu_kernels.windowed_frames` / `power_spectrum`) that do the
+torch ops' float64 arithmetic in the same order: identical features, one memory pass each.
 
 - `"kaldi"`: the Kaldi-compatible fbank that AST and the FFTP paper use (fftp-specmask.txt Sec. IV, NOTES.md), equal
   to transformers' `ASTFeatureExtractor` (its numpy path, `torchaudio.compliance.kaldi.fbank` settings): 25 ms
