@@ -909,7 +909,9 @@ def render_markdown(
         lines.append(
             f"- CPU taken by other processes while the benchmarks ran (`/proc/stat` minus this run's own CPU time): "
             f"at most {other:.2f} of {cores} cores on average over one benchmark (`{worst}`), hypervisor steal "
-            f"{steal:.2f} cores there; per benchmark in the raw outputs below"
+            f"{steal:.2f} cores there; per benchmark in the raw outputs below (a virtual machine sees its own processes "
+            "only: contention on the host shows as steal time where the hypervisor reports it, else only as slower "
+            "absolute times)"
         )
         if other + steal > 0.25 * cores:
             lines.append(
