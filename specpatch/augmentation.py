@@ -43,7 +43,7 @@ import scipy.special
 import torch
 from torch import nn
 
-from .cpu_kernels import empty_outputs, mask_spectrograms, paint_boxes, place_masks, run_over_batch
+from .cpu_kernels import empty_host_tensor, empty_outputs, mask_spectrograms, paint_boxes, place_masks, run_over_batch
 
 # ----------------------------------------------------------------------------------------------------------------
 # Helpers
@@ -155,14 +155,9 @@ def _box_indices(sample, t0, t1, f0, f1, full, num_frames: int, num_mel: int) ->
 
 
 def _empty_like(x: torch.Tensor) -> torch.Tensor:
-    """A contiguous uninitialised tensor like `x`. On CPU it is backed by a numpy array: numpy asks the kernel for
-    huge pages on large arrays (`madvise`), so writing a fresh batch-sized output costs far fewer page faults than
-    torch's own CPU allocation, which otherwise dominates SpecMask's time (several ms for a 16 MB batch)."""
-    if x.device.type != "cpu":
-        return torch.empty_like(x, memory_format=torch.contiguous_format)
-    int_type = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()]
-    np_type = torch.empty((), dtype=int_type).numpy().dtype
-    return torch.from_numpy(np.empty(x.shape, np_type)).view(x.dtype)
+    """A contiguous uninitialised tensor like `x`; on CPU backed by a numpy array (huge pages for a fresh batch-sized
+    output, see `cpu_kernels.empty_host_tensor`: page faults otherwise dominate SpecMask's time)."""
+    return empty_host_tensor(x.shape, x.dtype, x.device)
 
 
 def _paint(target: torch.Tensor, values: torch.Tensor, placement: _Placement, on_host: bool | None = None) -> None:

@@ -31,6 +31,7 @@ import math
 import os
 
 import numpy as np
+import torch
 
 try:  # numba is optional at import time: the uncompiled functions give the same results, only slower
     import numba
@@ -171,6 +172,19 @@ def is_compiled() -> bool:
     return numba is not None
 
 
+def empty_host_tensor(shape, dtype, device=None) -> torch.Tensor:
+    """An uninitialised contiguous tensor; on the CPU backed by a numpy array. numpy asks the kernel for huge pages
+    on large arrays (`madvise`), so a fresh batch-sized buffer (16 MB of features or spectrograms) costs a few
+    page faults instead of one per 4 KB page, which cost several ms per batch whenever the memory was returned to
+    the system in between (torch's own CPU allocation). Any dtype (through an integer type of the same width)."""
+    if device is not None and torch.device(device).type != "cpu":
+        return torch.empty(shape, dtype=dtype, device=device)
+    width = torch.empty((), dtype=dtype).element_size()
+    int_type = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[width]
+    np_type = torch.empty((), dtype=int_type).numpy().dtype
+    return torch.from_numpy(np.empty(tuple(shape), np_type)).view(dtype)
+
+
 def empty_outputs(batch: int, capacity: int):
     """Output arrays for `place_masks`: boxes, full_frequency, count, area, draws."""
     return (
@@ -205,6 +219,15 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_pool)
 
 
+def thread_pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
+    """The process's worker threads for CPU work split by hand (the kernels below, the feature extractor's chunks),
+    kept between calls: threads started afresh for every call were measured to make the first call after an idle
+    spell of the second core ~2x slower than one thread (new threads start with cold per-thread state)."""
+    if _POOL[0] is None or _POOL[0]._max_workers < workers:
+        _POOL[0] = concurrent.futures.ThreadPoolExecutor(max_workers=max(workers, os.cpu_count() or 1))
+    return _POOL[0]
+
+
 def run_over_batch(kernel, batch: int, threads: int, *args) -> None:
     """`kernel(*args, first, last)` over the batch rows `first .. last - 1`, split into `threads` slices that run at
     once in a thread pool (the compiled kernels release the GIL). numba's own parallel loops are not used: their
@@ -213,10 +236,9 @@ def run_over_batch(kernel, batch: int, threads: int, *args) -> None:
     if threads == 1 or numba is None:
         kernel(*args, 0, batch)
         return
-    if _POOL[0] is None or _POOL[0]._max_workers < threads:
-        _POOL[0] = concurrent.futures.ThreadPoolExecutor(max_workers=max(threads, os.cpu_count() or 1))
+    pool = thread_pool(threads)
     bounds = [batch * i // threads for i in range(threads + 1)]
-    futures = [_POOL[0].submit(kernel, *args, bounds[i], bounds[i + 1]) for i in range(1, threads)]
+    futures = [pool.submit(kernel, *args, bounds[i], bounds[i + 1]) for i in range(1, threads)]
     kernel(*args, bounds[0], bounds[1])
     for future in futures:
         future.result()
@@ -480,6 +502,7 @@ PYTHON_FUNCTIONS.update(
 )
 
 __all__ = [
+    "empty_host_tensor",
     "empty_outputs",
     "is_compiled",
     "mask_spectrograms",

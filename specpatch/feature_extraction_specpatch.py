@@ -41,7 +41,6 @@ import itertools
 import math
 import warnings
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -52,8 +51,8 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.utils import TensorType, logging
 
 from .audio_utils import resample, to_mono, validate_waveform
+from .cpu_kernels import empty_host_tensor, power_spectrum, thread_pool, windowed_frames
 from .cpu_kernels import is_compiled as cpu_kernels_compiled
-from .cpu_kernels import power_spectrum, windowed_frames
 
 logger = logging.get_logger(__name__)
 
@@ -351,7 +350,7 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
         signal, means, slots = self._framing_source(waveforms, lengths, num_frames)
         frames = signal.unfold(0, win, self.hop_length)  # (total_frames, win), a strided view: no copy
         total = frames.shape[0]
-        out = torch.empty(batch * slots, self.num_mel_bins, dtype=torch.float32, device=signal.device)
+        out = empty_host_tensor((batch * slots, self.num_mel_bins), torch.float32, signal.device)
         dc_offsets = None
         if means is not None:
             if float(window[0]) != 0.0:
@@ -387,8 +386,7 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
                 finally:
                     torch.set_num_threads(threads)
 
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                list(pool.map(run, range(workers)))
+            list(thread_pool(workers).map(run, range(workers)))
         return out.view(batch, slots, self.num_mel_bins)[:, :num_frames]
 
     def _process_frames(self, starts, end, signal, dc_offsets, out, window, mel_filters, chunk, do_normalize):
@@ -523,7 +521,7 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
         pad = float(self.padding_value)
         if do_normalize:
             pad = (pad - self.mean) / self.normalization_scale
-        features = torch.empty((batch, max_length, self.num_mel_bins), dtype=torch.float32, device=device)
+        features = empty_host_tensor((batch, max_length, self.num_mel_bins), torch.float32, device)
         if computed > 0:
             log_mel = self._log_mel(waveforms, lengths, computed, do_normalize)
             if min(valid_list) >= computed:

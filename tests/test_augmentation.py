@@ -198,6 +198,18 @@ def test_specmask_overlap_test_matches_bitmap(compiled):
                 assert overlaps(boxes, b, used, t, f, w, h) == bool(occupied[t : t + w, f : f + h].any())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64, torch.int16, torch.bool])
+def test_empty_host_tensor(dtype):
+    """Numpy-backed CPU buffers behave as torch's own: shape, dtype, contiguous, writable, owned by the tensor."""
+    x = cpu_kernels.empty_host_tensor((3, 5, 7), dtype)
+    assert x.shape == (3, 5, 7) and x.dtype == dtype and x.device.type == "cpu" and x.is_contiguous()
+    x.fill_(1)
+    assert bool((x == 1).all())
+    y = x.clone()
+    del x
+    assert bool((y == 1).all())
+
+
 def test_cpu_kernels_compiled_match_python():
     """numba is installed (a dependency), and the compiled kernels give exactly what the Python functions they are
     compiled from give (the masks do not depend on whether numba is there)."""
