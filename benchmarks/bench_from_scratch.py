@@ -60,10 +60,9 @@ mean over the seeds):
 - reference-vit(16x16) 17.9, aape-vit(standard) 31.2, aape-vit(aape) 66.1 (seed 0): with AaPE-ViT's
   non-overlapping 16 x 16 patches the standard stem (fixed sin-cos positions) beats the minimal ViT (learned
   positions), and the AaPE stem (aliasing-aware SBLU tokens) more than doubles it.
-- Extended rows at the default budget (1,100 steps, seed 0): fftp-aum 87.6 (198 s), reference-aum 79.5 (1,281 s): ours
-  +8.1 points;
-  reference-vit(16x16) 43.6, aape-vit(standard) 42.7: -0.9 points, within the 2-point target (the standard stem's
-  head start at 600 steps is gone once both have trained).
+- Extended rows at the default budget (1,100 steps, seed 0): fftp-aum 87.6 (198 s), reference-aum 79.5 (1,281 s):
+  ours +8.1 points; reference-vit(16x16) 43.6, aape-vit(standard) 42.7: -0.9 points, within the 2-point target (the
+  standard stem's head start at 600 steps is gone once both have trained).
 
     python benchmarks/bench_from_scratch.py                  # ~30 min on 2 cores (the square rows ~9 min each)
     python benchmarks/bench_from_scratch.py --seeds 0 1 2    # mean over seeds
