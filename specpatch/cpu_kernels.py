@@ -221,8 +221,9 @@ if hasattr(os, "register_at_fork"):
 
 def thread_pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
     """The process's worker threads for CPU work split by hand (the kernels below, the feature extractor's chunks),
-    kept between calls: threads started afresh for every call were measured to make the first call after an idle
-    spell of the second core ~2x slower than one thread (new threads start with cold per-thread state)."""
+    kept between calls instead of started for every call. (On the 2-core test machine the difference for the
+    feature extractor was within the noise; the first call after a long single-threaded spell stays slower either
+    way.)"""
     if _POOL[0] is None or _POOL[0]._max_workers < workers:
         _POOL[0] = concurrent.futures.ThreadPoolExecutor(max_workers=max(workers, os.cpu_count() or 1))
     return _POOL[0]

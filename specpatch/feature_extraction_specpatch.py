@@ -410,7 +410,6 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
             and signal.dtype == torch.float32
             and not signal.requires_grad
         )
-        frames = signal.unfold(0, win, hop)  # (total_frames, win), a strided view: no copy
         fft_buffer = torch.zeros(chunk, self.n_fft, dtype=torch.float64, device=device)
         # Preallocated FFT output: a fresh multi-MB result per chunk costs page faults.
         spectrum_buffer = torch.empty(chunk, self.n_fft // 2 + 1, dtype=torch.complex128, device=device)
@@ -420,6 +419,7 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
             offsets_np = dc_offsets.reshape(-1).numpy() if dc_offsets is not None else np.empty(0)
             preemphasis = KALDI_PREEMPHASIS if dc_offsets is not None else 0.0
         else:
+            frames = signal.unfold(0, win, hop)  # (total_frames, win), a strided view: no copy
             power64 = torch.empty(chunk, self.n_fft // 2 + 1, dtype=torch.float64, device=device)
             if dc_offsets is not None:
                 # Float64 copy and pre-emphasis of the flat samples under one chunk of frames.
@@ -432,11 +432,10 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
             stop = min(start + chunk, end)
             size = stop - start
             windowed = fft_buffer[:size, :win]
-            frame = frames[start:stop]
             if fused:
                 windowed_frames(signal_np, start, hop, preemphasis, offsets_np, window_np, fft_buffer[:size].numpy())
             elif dc_offsets is None:
-                torch.mul(frame, window, out=windowed)
+                torch.mul(frames[start:stop], window, out=windowed)
             else:
                 # Kaldi's pre-emphasis x[i] - 0.97 x[i - 1], once on the chunk's samples rather than on each of the
                 # overlapping frames: a frame's first sample (which would read the previous frame's sample) is
