@@ -8,36 +8,43 @@ the paper's two settings, side by side in one process:
 Rows (each setting):
 - `numpy loop`: `spec_mask_numpy` below, per sample: mask sizes and positions from a numpy `Generator`, rejection
   sampling with `occupied[t0:t0 + w, f0:f0 + h].any()`, the fill by slicing; it returns a masked copy, like `SpecMask`.
-- `SpecMask`: `SpecMask(...)(batch, generator=g)` on the torch tensor of the same batch (a new tensor). Its
+- `SpecMask`: `SpecMask(...)(batch, generator=g)` on the torch tensor of the same batch (a new tensor), with torch
+  on one thread (the per-core comparison). Its
   placement and fill are loops compiled with numba (`specpatch/cpu_kernels.py`): one pass per sample copies it,
   takes its mean and paints its masks while it is in cache.
 - the same two in place (`inplace=True`, and the numpy loop without its copy): the copy of the batch is then left out
   of both, which shows how much of the time is the algorithm rather than writing a new 16 MB batch.
 - mask placement only (`SpecMask.sample_masks`: boxes and the boolean mask, no spectrogram), information.
+- the two SpecMask rows again with torch's thread count (`--threads`, default torch's: 2 on the 2-core machine), as
+  the training scripts call it: a large batch is then split over the threads (each sample with one). The numpy loop
+  stays single-threaded, as it is written.
+- two floors, on batches of their own like every row: one read of the batch (`torch.sum` per sample, one thread) and
+  a copy of it into a fresh tensor. Any implementation of Algorithm 1 with the mean fill reads the whole batch once
+  (in place) or reads it and writes a new one (new tensor), so "numpy loop / floor" (printed as the most any
+  implementation could reach) is the ceiling of each ratio on the machine at hand.
 
-Why the AudioSet rows stay below 5x on the 2-core machine this was written on (measured by hand, 1 thread): the
-masks are filled with each sample's mean, so any implementation reads the whole 16 MB batch once, and the batch does
-not stay in the caches between calls. Reading it from memory (`torch.sum` per sample after evicting the caches) takes
-0.45-0.48 ms, a fifth of the numpy loop in place (2.3-2.5 ms): ~5x is the ceiling of the in-place row, and a second
-thread does not raise the bandwidth (0.46 ms). SpecMask in place on a cold batch: 0.68 ms = placement 0.16 (cold
-code and data; 0.05 warm) + the fill pass 0.45 (at the floor) + 0.07 of Python. Right after a real feature
-extraction (`SpecPatchFeatureExtractor`, kaldi, 32 x 10 s, then masking in place as the training step does): 1.09 ms
-vs 2.53 ms, 2.3x. With the batch in cache (masked again at once) the fill pass takes 0.21 ms and the call 0.28 ms.
-
-The new-tensor rows include writing a fresh 16 MB batch (AudioSet setting): on a 2-core CPU that copy alone costs a
-fifth to a quarter of the numpy loop, which bounds the new-tensor ratio; the training script masks the freshly
-computed features, where `inplace=True` applies.
+What bounds the AudioSet rows (2-core machine this was written on): the copy floor is about a third of the numpy
+loop (ceiling ~3.2x for a new tensor, below the 5x target for any implementation), the read floor about a sixth
+(ceiling ~5.9x in place). SpecMask in place takes the read floor plus the placement (0.2-0.3 ms with cold caches,
+0.05 ms warm) and painting the masked 20 % of the cells. Tried and dropped: in place on 2 threads, the placement in
+a worker thread while the caller's thread reads the batch, then painting: 1.3-1.5x faster with four batches in
+rotation, but 1.04-1.14x with two and 0.91-1.14x with the caches evicted before each call (a training step's fresh
+features), within the noise, since painting after the pass finds the batch out of cache. Speech
+Commands has the same 16 MB per batch but masks 6 % of the cells (not 20 %) and its numpy loop runs 256 samples, so
+its ceilings are ~6.8x (new tensor) and ~14x (in place). Measured by hand before the floors were rows: the first
+call right after a real feature extraction (`SpecPatchFeatureExtractor`, kaldi, 32 x 10 s, then masking in place as
+the training step does) takes 1.09 ms vs 2.53 ms, 2.3x; with the batch in cache (masked again at once) the fill pass
+takes 0.21 ms and the call 0.28 ms.
 
 Rows run interleaved and are repeated until their spread is small (`benchmarks/timing.py`); a ratio that stays noisy
-is printed as such. Each timed call masks `--calls` batches (5) and times are reported per batch. Threads: by
-default torch runs single-threaded here (`--threads 1`, the per-core comparison; the numpy loop is single-threaded
-anyway). The training scripts call SpecMask in the main process on the step's batch, with torch's threads
-(`--threads 0`), over which large batches are split.
+is printed as such. Each timed call masks `--calls` batches (5) and times are reported per batch; each row masks a
+batch of its own, so a row's first batch of a call comes from memory and the next ones partly from the last-level
+cache, the same for every row.
 
 On CUDA (`--device cuda`) the `SpecMask` rows run on the GPU and the script counts host synchronisations during one
 call with `torch.cuda.set_sync_debug_mode` (the placement runs on the host and its indices are copied once per batch).
 
-Usage: `python benchmarks/bench_specmask.py [--device cpu] [--threads 1] [--max-rounds 30] [--json out.json]`.
+Usage: `python benchmarks/bench_specmask.py [--device cpu] [--threads 0] [--max-rounds 30] [--json out.json]`.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ import torch
 from timing import interleaved, load_average
 
 from specpatch.augmentation import SpecMask
+from specpatch.cpu_kernels import empty_host_tensor
 
 SETTINGS = {
     "audioset": {"batch": 32, "frames": 1000, "mel": 128, **SpecMask.AUDIOSET},
@@ -104,18 +112,45 @@ def bench_setting(name: str, setting: dict, args) -> dict:
     rng = np.random.default_rng(1)
     generator = torch.Generator().manual_seed(1)
 
+    def threads(n, function):  # SpecMask reads torch's thread count at each call
+        def run():
+            torch.set_num_threads(n)
+            return function()
+
+        return run
+
+    one = lambda function: threads(1, function)  # noqa: E731
     functions = {
-        "numpy loop": lambda: [spec_mask_numpy(x, **kwargs, rng=rng) for x in data],
-        "SpecMask": lambda: module(tensor, generator=generator),
-        "numpy loop, in place": lambda: [spec_mask_numpy(x, **kwargs, rng=rng, copy=False) for x in scratch_np],
-        "SpecMask, in place": lambda: module(scratch_t, generator=generator, inplace=True),
-        "SpecMask placement only": lambda: module.sample_masks(batch, frames, mel, generator, device=args.device),
+        "numpy loop": one(lambda: [spec_mask_numpy(x, **kwargs, rng=rng) for x in data]),
+        "SpecMask": one(lambda: module(tensor, generator=generator)),
+        "numpy loop, in place": one(lambda: [spec_mask_numpy(x, **kwargs, rng=rng, copy=False) for x in scratch_np]),
+        "SpecMask, in place": one(lambda: module(scratch_t, generator=generator, inplace=True)),
+        "SpecMask placement only": one(lambda: module.sample_masks(batch, frames, mel, generator, device=args.device)),
     }
     ratios = {
         "new tensor": ("numpy loop", "SpecMask"),
         "in place": ("numpy loop, in place", "SpecMask, in place"),
         "placement": ("numpy loop", "SpecMask placement only"),
     }
+    if args.threads > 1:  # SpecMask as the training scripts call it, with torch's threads
+        many = f"{args.threads} threads"
+        functions[f"SpecMask ({many})"] = threads(args.threads, lambda: module(tensor, generator=generator))
+        functions[f"SpecMask, in place ({many})"] = threads(
+            args.threads, lambda: module(scratch_t, generator=generator, inplace=True)
+        )
+        ratios[f"new tensor, {many}"] = ("numpy loop", f"SpecMask ({many})")
+        ratios[f"in place, {many}"] = ("numpy loop, in place", f"SpecMask, in place ({many})")
+    if not args.device.startswith("cuda"):
+        # What any implementation must at least do, timed on batches of their own like the rows above: read the
+        # batch once (the per-sample means; in place), or read it and write a fresh one (a new tensor). numpy loop /
+        # floor is the most any implementation of Algorithm 1 could reach on this machine.
+        floor_read, floor_source = tensor.clone(), tensor.clone()
+        functions["floor: read the batch (torch.sum)"] = one(lambda: torch.sum(floor_read, dim=(1, 2)))
+        functions["floor: copy the batch (new tensor)"] = one(
+            lambda: empty_host_tensor(floor_source.shape, floor_source.dtype).copy_(floor_source)
+        )
+        ratios["ceiling, new tensor"] = ("numpy loop", "floor: copy the batch (new tensor)")
+        ratios["ceiling, in place"] = ("numpy loop, in place", "floor: read the batch (torch.sum)")
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else None
 
     def repeated(function):  # a timed call spans several batches: less at the mercy of one scheduler time slice
@@ -126,13 +161,42 @@ def bench_setting(name: str, setting: dict, args) -> dict:
         return run
 
     functions = {name: repeated(function) for name, function in functions.items()}
-    times, ratio_stats = interleaved(functions, ratios, max_rounds=args.max_rounds, synchronize=sync)
-    times = {name: replace(stat, median=stat.median / args.calls) for name, stat in times.items()}
+    prepare, cold_rows = {}, []
+    if not args.device.startswith("cuda") and args.evict_mb:
+        # As in a training step, where the model's forward and backward ran since the last batch: the caches are
+        # evicted (a buffer of `--evict-mb` written) before each timed call, which masks one batch of its own.
+        evict_buffer = np.zeros(args.evict_mb * 2**20 // 4, np.float32)
+
+        def evict():
+            evict_buffer.__iadd__(1.0)
+
+        cold = {name: (data.copy(), tensor.clone()) for name in ("new", "in place", "floors")}
+        cold_functions = {
+            "numpy loop, cold": lambda: [spec_mask_numpy(x, **kwargs, rng=rng) for x in cold["new"][0]],
+            "SpecMask, cold": one(lambda: module(cold["new"][1], generator=generator)),
+            "numpy loop, in place, cold": lambda: [
+                spec_mask_numpy(x, **kwargs, rng=rng, copy=False) for x in cold["in place"][0]
+            ],
+            "SpecMask, in place, cold": one(lambda: module(cold["in place"][1], generator=generator, inplace=True)),
+            "floor: read the batch, cold": one(lambda: torch.sum(cold["floors"][1], dim=(1, 2))),
+        }
+        cold_rows = list(cold_functions)
+        functions.update(cold_functions)
+        prepare = {name: evict for name in cold_functions}
+        ratios["new tensor, cold caches"] = ("numpy loop, cold", "SpecMask, cold")
+        ratios["in place, cold caches"] = ("numpy loop, in place, cold", "SpecMask, in place, cold")
+        ratios["ceiling, in place, cold caches"] = ("numpy loop, in place, cold", "floor: read the batch, cold")
+    times, ratio_stats = interleaved(functions, ratios, max_rounds=args.max_rounds, synchronize=sync, prepare=prepare)
+    times = {
+        name: stat if name in cold_rows else replace(stat, median=stat.median / args.calls)
+        for name, stat in times.items()
+    }
     result = {
         "setting": f"{batch} x {frames} frames x {mel} mel, budget {kwargs['budget']}, max {kwargs['max_height']} "
         f"mel x {kwargs['max_width']} frames",
         "times": {k: v.as_dict() for k, v in times.items()},
         "ratios": {k: v.as_dict() for k, v in ratio_stats.items()},
+        "pairs": {k: [ratios[k][0], ratios[k][1]] for k in ratio_stats},  # (baseline, ours) of each ratio
     }
     if args.device.startswith("cuda"):
         result["host_syncs_per_call"] = count_syncs(lambda: module(tensor, generator=generator))
@@ -142,30 +206,39 @@ def bench_setting(name: str, setting: dict, args) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads; 0 keeps torch's default")
+    parser.add_argument(
+        "--threads", type=int, default=0,
+        help="threads of the extra SpecMask rows (as the training scripts call it); 0: torch's default. The main "
+        "rows always run on one thread",
+    )  # fmt: skip
     parser.add_argument("--max-rounds", type=int, default=30)
     parser.add_argument("--calls", type=int, default=5, help="batches per timed call (times are per batch)")
+    parser.add_argument(
+        "--evict-mb", type=int, default=64,
+        help="cold-cache rows: MB written before each of their calls (at least twice the last-level cache); 0: none",
+    )  # fmt: skip
     parser.add_argument("--settings", default="audioset,speech_commands")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args.threads = args.threads or torch.get_num_threads()
 
     load_before = load_average()
-    results = {"device": args.device, "threads": torch.get_num_threads(), "settings": {}}
-    print(f"SpecMask vs Algorithm 1 per sample in numpy; device {args.device}, torch threads {torch.get_num_threads()}")
+    results = {"device": args.device, "threads": args.threads, "settings": {}}
+    print(f"SpecMask vs Algorithm 1 per sample in numpy; device {args.device}, torch threads 1 and {args.threads}")
     for name in args.settings.split(","):
         result = bench_setting(name, SETTINGS[name], args)
         results["settings"][name] = result
         print(f"\n{name}: {result['setting']}")
-        print(f"{'row':<28}{'median ms':>11}{'spread':>8}{'rounds':>8}")
+        print(f"{'row':<38}{'median ms':>11}{'spread':>8}{'rounds':>8}")
         for row, stat in result["times"].items():
-            print(f"{row:<28}{1e3 * stat['median']:>11.2f}{stat['spread']:>8.2f}{stat['rounds']:>8}")
+            print(f"{row:<38}{1e3 * stat['median']:>11.2f}{stat['spread']:>8.2f}{stat['rounds']:>8}")
         for key, stat in result["ratios"].items():
-            verdict = "" if key == "placement" else ("PASS" if stat["median"] >= TARGET else "FAIL")
+            information = key == "placement" or key.startswith("ceiling")
+            verdict = "" if information else ("PASS" if stat["median"] >= TARGET else "FAIL")
             noisy = " (noisy: not a finding)" if stat["noisy"] else ""
-            print(f"speed-up over the numpy loop, {key}: {stat['median']:.2f}x (spread {stat['spread']:.2f})"
-                  f"{noisy} {verdict}".rstrip())  # fmt: skip
+            what = (f"most any implementation could reach, {key[9:]} (numpy loop / floor)" if key.startswith("ceiling")
+                    else f"speed-up over the numpy loop, {key}")  # fmt: skip
+            print(f"{what}: {stat['median']:.2f}x (spread {stat['spread']:.2f}){noisy} {verdict}".rstrip())
         if "host_syncs_per_call" in result:
             print(f"host synchronisations per SpecMask call (CUDA): {result['host_syncs_per_call']}")
     if not args.device.startswith("cuda"):

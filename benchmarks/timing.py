@@ -61,15 +61,18 @@ def interleaved(
     max_spread: float = 0.1,
     budget_s: float = 120.0,
     synchronize: Callable[[], None] | None = None,
+    prepare: dict[str, Callable[[], object]] | None = None,
 ) -> tuple[dict[str, Stat], dict[str, Stat]]:
     """Times `functions` round-robin (one warm-up call each first) and returns `(times, ratios)`.
 
     `ratios` maps a name to `(numerator, denominator)` row names: `times[numerator] / times[denominator]`, the
     median of the per-round ratios. Rounds continue while any row or ratio has a spread above `max_spread`, up to
     `max_rounds` rounds or `budget_s` seconds (at least `min_rounds`). `synchronize` (e.g. `torch.cuda.synchronize`)
-    runs before and after every timed call.
+    runs before and after every timed call. `prepare[name]`, where given, runs (untimed) before each timed call of
+    that row, e.g. to evict the caches.
     """
     ratios = ratios or {}
+    prepare = prepare or {}
     sync = synchronize or (lambda: None)
     for function in functions.values():
         function()
@@ -80,6 +83,8 @@ def interleaved(
     rounds = 0
     while True:
         for name in names if rounds % 2 == 0 else names[::-1]:
+            if name in prepare:
+                prepare[name]()
             sync()
             t0 = time.perf_counter()
             functions[name]()

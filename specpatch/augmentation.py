@@ -257,10 +257,10 @@ class SpecMask(nn.Module):
     Without numba the same Python functions run, slower, with the same results.
 
     **Randomness.** One 63-bit seed is drawn from `generator` (torch's global CPU generator when none is given) and
-    seeds a numpy PCG64 generator that makes every draw, sample after sample in Algorithm 1's order: the same
-    generator state gives the same masks, on any device. On CUDA the placement runs on the host and the indices are
-    copied once (pinned, non-blocking), so the masks cost no host synchronisation beyond reading the seed of a CUDA
-    `generator` (one per batch).
+    seeds a SplitMix64 stream (`cpu_kernels.uniform`) that makes every draw, sample after sample in Algorithm 1's
+    order: the same generator state gives the same masks, on any device. On CUDA the placement runs on the host and
+    the indices are copied once (pinned, non-blocking), so the masks cost no host synchronisation beyond reading the
+    seed of a CUDA `generator` (one per batch).
 
     **Unreachable budgets.** `budget > frames * mel` raises a `ValueError` (as do `max_height > mel` and
     `max_width > frames`). Otherwise the budget is always reachable in principle (a 1 x 1 local mask fits any free
@@ -345,16 +345,15 @@ class SpecMask(nn.Module):
             raise ValueError(f"SpecMask: max_width {self.max_width} exceeds the number of frames {num_frames}.")
 
     @staticmethod
-    def _numpy_rng(generator: torch.Generator | None) -> np.random.Generator:
-        """A numpy generator seeded from `generator` (one draw; torch's global CPU generator when `None`)."""
-        seed = torch.randint(0, 2**63 - 1, (), generator=generator, device=_random_device(generator))
-        return np.random.Generator(np.random.PCG64(int(seed)))
+    def _seed(generator: torch.Generator | None) -> int:
+        """The batch's seed in [0, 2^63 - 1), one draw from `generator` (torch's global CPU generator when `None`)."""
+        return int(torch.randint(0, 2**63 - 1, (), generator=generator, device=_random_device(generator)))
 
-    def _place(self, batch: int, T: int, F: int, rng: np.random.Generator) -> _Placement:
-        """Algorithm 1 for the whole batch on rectangles (`cpu_kernels.place_masks`)."""
+    def _place(self, batch: int, T: int, F: int, seed: int) -> _Placement:
+        """Algorithm 1 for the whole batch on rectangles (`cpu_kernels.place_masks`, random numbers from `seed`)."""
         outputs = empty_outputs(batch, min(self.max_draws, self.budget))
         place_masks(
-            rng, T, F, self.budget, self.max_height, self.max_width, self.full_frequency_prob, self.max_tries,
+            seed, T, F, self.budget, self.max_height, self.max_width, self.full_frequency_prob, self.max_tries,
             self.max_draws, *outputs,
         )  # fmt: skip
         return _Placement(*outputs)
@@ -392,7 +391,7 @@ class SpecMask(nn.Module):
         )
 
     def _draw(self, batch: int, T: int, F: int, generator) -> _Placement:
-        placement = self._place(batch, T, F, self._numpy_rng(generator))
+        placement = self._place(batch, T, F, self._seed(generator))
         short = placement.area < self.budget
         if short.any():
             warnings.warn(

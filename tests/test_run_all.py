@@ -309,3 +309,24 @@ def test_every_script_is_known(run_all):
     scripts = {b.script for b in run_all.BENCHMARKS_TO_RUN}
     on_disk = {name for name in os.listdir(os.path.join(REPO, "benchmarks")) if name.startswith("bench_")}
     assert scripts <= on_disk and on_disk <= scripts | set(run_all.SEPARATE_SCRIPTS)
+
+
+def test_specmask_rows_with_threads_and_ceilings(run_all):
+    """The thread rows keep the target and name the thread count; the ceilings are information with the floor's
+    time; the absolute column reads each ratio's own rows."""
+    times = {"numpy loop": _stat(0.003), "SpecMask (2 threads)": _stat(0.0006),
+             "numpy loop, in place": _stat(0.002), "floor: read the batch (torch.sum)": _stat(0.0004)}  # fmt: skip
+    result = {
+        "setting": "32 x 1000 frames x 128 mel, budget 25600, max 128 mel x 128 frames",
+        "times": times,
+        "ratios": {"new tensor, 2 threads": _stat(5.0), "ceiling, in place": _stat(5.0), "unknown": _stat(1.0)},
+        "pairs": {"new tensor, 2 threads": ["numpy loop", "SpecMask (2 threads)"],
+                  "ceiling, in place": ["numpy loop, in place", "floor: read the batch (torch.sum)"],
+                  "unknown": ["numpy loop", "numpy loop"]},  # fmt: skip
+    }
+    rows = run_all._rows_specmask({"device": "cpu", "threads": 2, "settings": {"audioset": result}})
+    assert len(rows) == 3  # two ratios and the CUDA line; unknown keys are left out
+    threads, ceiling = rows[0], rows[1]
+    assert "with torch's 2 threads" in threads[1] and threads[2:6] == ("5.00x", ">= 5x", "met", "0.60 ms vs 3.00 ms")
+    assert "the most any implementation could reach in place" in ceiling[1]
+    assert ceiling[2:6] == ("5.00x", "", "", "0.40 ms vs 2.00 ms")
