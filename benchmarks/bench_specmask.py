@@ -9,9 +9,9 @@ Rows (each setting):
 - `numpy loop`: `spec_mask_numpy` below, per sample: mask sizes and positions from a numpy `Generator`, rejection
   sampling with `occupied[t0:t0 + w, f0:f0 + h].any()`, the fill by slicing; it returns a masked copy, like `SpecMask`.
 - `SpecMask`: `SpecMask(...)(batch, generator=g)` on the torch tensor of the same batch (a new tensor), with torch
-  on one thread (the per-core comparison). Its
-  placement and fill are loops compiled with numba (`specpatch/cpu_kernels.py`): one pass per sample copies it,
-  takes its mean and paints its masks while it is in cache.
+  on one thread (the per-core comparison). Its placement and fill are loops compiled with numba
+  (`specpatch/cpu_kernels.py`): one pass per sample copies it, takes its mean and paints its masks while it is in
+  cache.
 - the same two in place (`inplace=True`, and the numpy loop without its copy): the copy of the batch is then left out
   of both, which shows how much of the time is the algorithm rather than writing a new 16 MB batch.
 - mask placement only (`SpecMask.sample_masks`: boxes and the boolean mask, no spectrogram), information.
@@ -22,19 +22,27 @@ Rows (each setting):
   a copy of it into a fresh tensor. Any implementation of Algorithm 1 with the mean fill reads the whole batch once
   (in place) or reads it and writes a new one (new tensor), so "numpy loop / floor" (printed as the most any
   implementation could reach) is the ceiling of each ratio on the machine at hand.
+- the new-tensor and in-place rows and the read floor again with the caches evicted before each call (`--evict-mb` written, untimed),
+  one batch per call: a training step runs the model between two batches, so SpecMask meets its code, its data and
+  the batch out of cache. Same numpy loop, same regime.
 
 What bounds the AudioSet rows (2-core machine this was written on): the copy floor is about a third of the numpy
-loop (ceiling ~3.2x for a new tensor, below the 5x target for any implementation), the read floor about a sixth
-(ceiling ~5.9x in place). SpecMask in place takes the read floor plus the placement (0.2-0.3 ms with cold caches,
-0.05 ms warm) and painting the masked 20 % of the cells. Tried and dropped: in place on 2 threads, the placement in
-a worker thread while the caller's thread reads the batch, then painting: 1.3-1.5x faster with four batches in
-rotation, but 1.04-1.14x with two and 0.91-1.14x with the caches evicted before each call (a training step's fresh
-features), within the noise, since painting after the pass finds the batch out of cache. Speech
-Commands has the same 16 MB per batch but masks 6 % of the cells (not 20 %) and its numpy loop runs 256 samples, so
-its ceilings are ~6.8x (new tensor) and ~14x (in place). Measured by hand before the floors were rows: the first
-call right after a real feature extraction (`SpecPatchFeatureExtractor`, kaldi, 32 x 10 s, then masking in place as
-the training step does) takes 1.09 ms vs 2.53 ms, 2.3x; with the batch in cache (masked again at once) the fill pass
-takes 0.21 ms and the call 0.28 ms.
+loop (ceiling ~3.3x for a new tensor, below the 5x target for any implementation), the read floor about a sixth
+(ceiling ~5.5-6x in place; ~4.4x with cold caches). Speech Commands has the same 16 MB per batch but masks 6 % of
+the cells (not 20 %) and its numpy loop runs 256 samples, so its ceilings are ~6.4x (new tensor) and ~13x (in
+place). What SpecMask adds to the floors is mostly fixed per call: the placement (0.05 ms warm for an AudioSet
+batch) and Python and torch calls, which with cold caches cost tens of microseconds each.
+
+Measured on that machine (one run each, 1 thread, numpy loop / SpecMask), from the start of the session that added
+the cold rows to its end: the random numbers of the placement from a SplitMix64 stream inside the compiled loop
+instead of a numpy `Generator` built per batch (0.1-0.2 ms cold), and no torch op on the fused path: AudioSet new
+tensor 2.35x -> 2.89x, in place 3.02x -> 3.89x, cold 1.95x / 2.13x -> 2.29x / 2.64x; Speech Commands new tensor
+4.64x -> 5.48x, in place 8.0x -> 9.3x, cold 3.57x / 4.68x -> 4.31x / 5.90x. Tried and dropped: in place on 2
+threads, the placement in a worker thread while the caller's thread reads the batch, then painting: 1.3-1.5x faster
+with four batches in rotation, but 1.04-1.14x with two and 0.91-1.14x with cold caches, since painting after the
+pass finds the batch out of cache. Splitting the pass over 2 threads (what `--threads` rows show) gains ~10 % warm
+and loses 5-10 % cold on this 2-core virtual machine, whose one core already draws most of the memory bandwidth; it
+is kept for machines with more of both.
 
 Rows run interleaved and are repeated until their spread is small (`benchmarks/timing.py`); a ratio that stays noisy
 is printed as such. Each timed call masks `--calls` batches (5) and times are reported per batch; each row masks a

@@ -430,26 +430,30 @@ class SpecMask(nn.Module):
         self._check_shape(T, F)
         if inplace and not x.is_contiguous():
             raise ValueError("SpecMask(inplace=True) needs a contiguous input_values tensor.")
-        with torch.no_grad():
+        if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.is_contiguous():
+            # One compiled pass per sample: copy (unless in place), the sample's mean, its masks, on numpy views of
+            # the memory (outside autograd, no torch op on the way: with the caches cold, as in a training step,
+            # each op costs tens of microseconds).
             placement = self._draw(B, T, F, generator)
-            if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.is_contiguous():
-                # one compiled pass per sample: copy (unless in place), the sample's mean, its masks
-                out = x if inplace else _empty_like(x)
-                use_mean = self.mask_value == "mean"
-                fill = torch.full((B,), 0.0 if use_mean else self.mask_value, dtype=x.dtype)
-                # memory-bound on large batches: split over torch's threads (each sample stays with one thread)
-                threads = torch.get_num_threads() if x.numel() >= 2**20 else 1
-                run_over_batch(
-                    mask_spectrograms, B, threads, x.detach().numpy(), out.detach().numpy(), fill.numpy(),
-                    not inplace, use_mean, placement.boxes, placement.count,
-                )  # fmt: skip
-            else:
+            source = (x.detach() if x.requires_grad else x).numpy()
+            out = x if inplace else _empty_like(x)
+            use_mean = self.mask_value == "mean"
+            fill = np.full(B, 0.0 if use_mean else self.mask_value, dtype=source.dtype)
+            # memory-bound on large batches: split over torch's threads (each sample stays with one thread)
+            threads = torch.get_num_threads() if x.numel() >= 2**20 else 1
+            run_over_batch(
+                mask_spectrograms, B, threads, source, source if inplace else out.numpy(), fill, not inplace,
+                use_mean, placement.boxes, placement.count,
+            )  # fmt: skip
+        else:
+            with torch.no_grad():
+                placement = self._draw(B, T, F, generator)
                 fill = _fill_values(x, self.mask_value).reshape(-1).expand(B).contiguous()
                 out = x if inplace else _empty_like(x).copy_(x)
                 _paint(out, fill, placement)
-            if return_mask:
-                mask = torch.zeros(B, T, F, dtype=torch.bool, device=x.device)
-                _paint(mask, torch.ones(B, dtype=torch.bool, device=x.device), placement)
+        if return_mask:
+            mask = torch.zeros(B, T, F, dtype=torch.bool, device=x.device)
+            _paint(mask, torch.ones(B, dtype=torch.bool, device=x.device), placement)
         if squeeze:
             out = out[0]
             mask = mask[0] if return_mask else None

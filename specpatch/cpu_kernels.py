@@ -218,10 +218,18 @@ def empty_host_tensor(shape, dtype, device=None) -> torch.Tensor:
     the system in between (torch's own CPU allocation). Any dtype (through an integer type of the same width)."""
     if device is not None and torch.device(device).type != "cpu":
         return torch.empty(shape, dtype=dtype, device=device)
-    width = torch.empty((), dtype=dtype).element_size()
-    int_type = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[width]
-    np_type = torch.empty((), dtype=int_type).numpy().dtype
-    return torch.from_numpy(np.empty(tuple(shape), np_type)).view(dtype)
+    np_type = _NUMPY_DTYPES.get(dtype)
+    if np_type is not None:
+        return torch.from_numpy(np.empty(tuple(shape), np_type))
+    return torch.from_numpy(np.empty(tuple(shape), _NUMPY_INTS[dtype.itemsize])).view(dtype)  # e.g. bfloat16
+
+
+_NUMPY_DTYPES = {
+    torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64, torch.bool: np.bool_,
+    torch.uint8: np.uint8, torch.int8: np.int8, torch.int16: np.int16, torch.int32: np.int32, torch.int64: np.int64,
+    torch.complex64: np.complex64, torch.complex128: np.complex128,
+}  # fmt: skip
+_NUMPY_INTS = {1: np.uint8, 2: np.int16, 4: np.int32, 8: np.int64}
 
 
 def empty_outputs(batch: int, capacity: int):
