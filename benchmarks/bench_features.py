@@ -8,6 +8,14 @@ ours computes the same features as one batched torch graph. The extractors run i
 spread is small (`benchmarks/timing.py`); the speed-up is the median of per-round ratios, marked noisy if it stays
 spread out, with the largest absolute difference between the two outputs. The AaPE log-mel front end is timed too.
 
+Each timed call starts once no thread of the process burns CPU (`timing.settle`, untimed; `--no-settle` to skip):
+after every `ASTFeatureExtractor` call numpy's OpenBLAS threads (its mel matrix product, 2 threads) spin for about
+0.1 s of one core (measured: 91-100 ms of CPU burnt in the half second after a call, 0.1-9 ms with
+`OPENBLAS_NUM_THREADS=1`), and torch's OpenMP threads for ~10 ms after a parallel op. Without the wait, the row timed
+right after AST ran on one core for its first 0.1 s: our extractor took 87-115 ms after AST against 44-67 ms back to
+back, which was the "slower after a long single-threaded run" of earlier reports (half of the interleaved rounds put
+it right after AST).
+
     python benchmarks/bench_features.py [--repeats 5] [--batch-size 32] [--seconds 10] [--threads N] [--json out.json]
 """
 
@@ -20,7 +28,7 @@ import warnings
 
 import numpy as np
 import torch
-from timing import interleaved, load_average
+from timing import interleaved, load_average, settle
 from transformers import ASTFeatureExtractor
 from transformers.utils import is_speech_available
 
@@ -53,6 +61,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    parser.add_argument(
+        "--no-settle", dest="settle", action="store_false",
+        help="start each timed call at once, not when the previous row's spinning threads have stopped",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -77,7 +89,12 @@ def main() -> None:
 
     functions = {"ASTFeatureExtractor": run(ast), "SpecPatch kaldi": run(ours), "SpecPatch logmel": run(logmel)}
     ratios = {"kaldi": ("ASTFeatureExtractor", "SpecPatch kaldi"), "logmel": ("ASTFeatureExtractor", "SpecPatch logmel")}
-    times, speedups = interleaved(functions, ratios, min_rounds=args.repeats, max_rounds=args.max_rounds)
+    # each timed call starts once the process is quiet: AST's numpy path leaves OpenBLAS threads spinning ~0.1 s
+    # of one core after every call (its mel matrix product), which the next row would otherwise pay for
+    prepare = {name: settle for name in functions} if args.settle else None
+    times, speedups = interleaved(
+        functions, ratios, min_rounds=args.repeats, max_rounds=args.max_rounds, prepare=prepare
+    )
     max_abs_diff = float(np.abs(functions["ASTFeatureExtractor"]() - functions["SpecPatch kaldi"]()).max())
     rounds = times["ASTFeatureExtractor"].rounds
     print(f"batch: {args.batch_size} clips x {args.seconds:g} s at {SR} Hz, {rounds} interleaved rounds, medians")

@@ -36,6 +36,22 @@ def spread(values: list[float]) -> float:
     return (q3 - q1) / abs(median) if median else float("inf")
 
 
+def settle(poll_s: float = 0.01, idle_fraction: float = 0.1, max_s: float = 1.0) -> float:
+    """Waits (sleeping) until no thread of this process burns CPU any more, and returns the seconds waited.
+
+    Thread pools keep their threads spinning for a while after a parallel call before they sleep: OpenBLAS's (numpy's
+    matrix products) for ~0.1 s of one core, libgomp's (torch's intra-op threads) for ~10 ms. A timed call that
+    starts meanwhile shares the cores with them, and pays for what the row timed before it did. The process counts as
+    quiet once it burns less than `idle_fraction` of one core over a `poll_s` sleep (at most `max_s` in all)."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < max_s:
+        cpu = time.process_time()
+        time.sleep(poll_s)
+        if time.process_time() - cpu < idle_fraction * poll_s:
+            break
+    return time.perf_counter() - start
+
+
 @dataclass
 class Stat:
     """A timing (seconds) or a ratio: median over the rounds, spread, rounds, and whether it stayed noisy."""

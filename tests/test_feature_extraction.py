@@ -351,3 +351,34 @@ def test_save_and_load_roundtrip(tmp_path, frontend):
     loaded = SpecPatchFeatureExtractor.from_pretrained(tmp_path)
     assert loaded.to_dict() == extractor.to_dict()
     np.testing.assert_array_equal(loaded(clip, sampling_rate=SR)["input_values"], before)
+
+
+def test_quiet_caller_runs_the_caller_single_threaded_and_restores():
+    """While features are extracted on the CPU the calling thread runs torch on one thread and the chunk workers get
+    its thread count (nested uses keep the outermost); the count is restored afterwards, also after an error, and
+    the features equal a one-thread extraction."""
+    from specpatch import feature_extraction_specpatch as fe
+
+    if not fe._openmp_backend():
+        pytest.skip("torch's thread count is per OS thread only under OpenMP")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        seen = []
+        with fe._quiet_caller():
+            seen.append((torch.get_num_threads(), fe._CALLER.workers))
+            with fe._quiet_caller():
+                seen.append((torch.get_num_threads(), fe._CALLER.workers))
+        assert seen == [(1, 2), (1, 2)] and torch.get_num_threads() == 2 and fe._CALLER.workers is None
+        with pytest.raises(RuntimeError, match="boom"), fe._quiet_caller():
+            raise RuntimeError("boom")
+        assert torch.get_num_threads() == 2 and fe._CALLER.workers is None
+        extractor = SpecPatchFeatureExtractor()
+        clips = list(np.random.default_rng(0).standard_normal((3, 48_000)).astype(np.float32))
+        two = extractor(clips, sampling_rate=16_000, return_tensors="np")["input_values"]
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        one = extractor(clips, sampling_rate=16_000, return_tensors="np")["input_values"]
+        assert np.array_equal(one, two)
+    finally:
+        torch.set_num_threads(threads)
