@@ -25,7 +25,7 @@ The spectrogram augmentations are `torch.nn.Module`s that take and return the mo
 they are called**: they do not look at `self.training`, so the training code decides when to call them (do not
 call them at evaluation time). Every `forward` takes an optional `generator: torch.Generator`; the same generator
 state gives the same output. SpecAugment and mixup draw on the generator's device (CPU when no generator is given,
-using torch's global CPU generator); SpecMask draws one seed from it for a numpy generator. Either way a CPU
+using torch's global CPU generator); SpecMask draws one seed from it for its own random stream. Either way a CPU
 generator gives identical masks for CPU and CUDA inputs; the per-cell work (painting the masks, filling) runs on the
 input's device.
 """
