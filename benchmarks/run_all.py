@@ -568,12 +568,20 @@ _SPECMASK_PAIRS = {  # (baseline, ours) rows of each ratio, for reports written 
 
 def _specmask_row(key: str, name: str, result: dict) -> tuple | None:
     """One summary row of a `bench_specmask.py` ratio (`new tensor`, `in place, 2 threads`, `ceiling, in place`...)."""
-    kind, threads = (key, "") if key.startswith("ceiling") else (key.partition(", ")[0], key.partition(", ")[2])
-    if kind not in _SPECMASK_KINDS:
+    kind = max((k for k in _SPECMASK_KINDS if key == k or key.startswith(k + ", ")), key=len, default=None)
+    if kind is None:
         return None
     what, target = _SPECMASK_KINDS[kind]
     stat = result["ratios"][key]
-    threads = f", with torch's {threads} (as the training scripts call it)" if threads else ""
+    qualifier = key[len(kind) + 2 :]
+    if qualifier == "cold caches":
+        qualifier = ", with the caches evicted before each call (as in a training step, the model ran in between)"
+    elif qualifier.endswith("threads"):
+        qualifier = f", with torch's {qualifier} (as the training scripts call it)"
+    elif qualifier:
+        return None
+    if what.endswith(", information"):  # the qualifier belongs to the comparison, "information" closes the text
+        what, qualifier = what[: -len(", information")] + qualifier + ", information", ""
     prefix = "" if kind.startswith("ceiling") else "speed-up over Algorithm 1 per sample in numpy, "
     baseline, ours = (result.get("pairs") or _SPECMASK_PAIRS).get(key, (None, None))
     times = result["times"]
@@ -584,7 +592,7 @@ def _specmask_row(key: str, name: str, result: dict) -> tuple | None:
     )
     return (
         "SpecMask",
-        f"{prefix}{what}{threads}; {name} ({result['setting']})",
+        f"{prefix}{what}{qualifier}; {name} ({result['setting']})",
         _xn(stat["median"], stat["noisy"], 2),
         target,
         _verdict(stat["median"], 5, stat["noisy"]) if target else "",

@@ -319,14 +319,18 @@ def test_specmask_rows_with_threads_and_ceilings(run_all):
     result = {
         "setting": "32 x 1000 frames x 128 mel, budget 25600, max 128 mel x 128 frames",
         "times": times,
-        "ratios": {"new tensor, 2 threads": _stat(5.0), "ceiling, in place": _stat(5.0), "unknown": _stat(1.0)},
+        "ratios": {"new tensor, 2 threads": _stat(5.0), "ceiling, in place": _stat(5.0), "unknown": _stat(1.0),
+                   "in place, cold caches": _stat(4.0), "ceiling, in place, cold caches": _stat(6.0),
+                   "in place, sideways": _stat(1.0)},
         "pairs": {"new tensor, 2 threads": ["numpy loop", "SpecMask (2 threads)"],
                   "ceiling, in place": ["numpy loop, in place", "floor: read the batch (torch.sum)"],
                   "unknown": ["numpy loop", "numpy loop"]},  # fmt: skip
     }
     rows = run_all._rows_specmask({"device": "cpu", "threads": 2, "settings": {"audioset": result}})
-    assert len(rows) == 3  # two ratios and the CUDA line; unknown keys are left out
-    threads, ceiling = rows[0], rows[1]
+    assert len(rows) == 5  # four ratios and the CUDA line; unknown keys and qualifiers are left out
+    threads, ceiling, cold, cold_ceiling = rows[:4]
+    assert "caches evicted before each call" in cold[1] and cold[2:6] == ("4.00x", ">= 5x", "**not met**", "")
+    assert "the most any implementation could reach in place" in cold_ceiling[1] and "evicted" in cold_ceiling[1]
     assert "with torch's 2 threads" in threads[1] and threads[2:6] == ("5.00x", ">= 5x", "met", "0.60 ms vs 3.00 ms")
     assert "the most any implementation could reach in place" in ceiling[1]
     assert ceiling[2:6] == ("5.00x", "", "", "0.40 ms vs 2.00 ms")
