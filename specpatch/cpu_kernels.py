@@ -21,8 +21,8 @@ With numba (a dependency of specpatch) they are compiled on first use (`cache=Tr
 from the package's `__pycache__`); without it the very same Python functions run, slower but with identical
 results: every random number comes from one SplitMix64 stream (`uniform`, seeded with one integer per batch) in a
 fixed order, computed in uint64 arithmetic when compiled and with Python integers otherwise, so the masks do not
-depend on whether numba is installed. (Without numba the selective
-scan takes its PyTorch path instead of running the scan functions uncompiled.)
+depend on whether numba is installed. (Without numba the selective scan takes its PyTorch path instead of running
+the scan functions uncompiled.)
 """
 
 from __future__ import annotations
