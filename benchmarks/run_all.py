@@ -555,7 +555,7 @@ _SPECMASK_KINDS = {  # ratio key (before any ", N threads") -> (what, target)
     "ceiling, new tensor": ("the most any implementation could reach returning a new tensor: numpy loop / a copy "
                             "of the batch, information", ""),
     "ceiling, in place": ("the most any implementation could reach in place: numpy loop / one read of the batch "
-                          "(the means), information", ""),
+                          "(the means) and one write of the budget's cells, information", ""),
 }  # fmt: skip
 
 
