@@ -23,9 +23,9 @@ Rows (each setting):
   fresh tensor. Any implementation of Algorithm 1 with the mean fill reads the whole batch and writes at least the
   budget (in place), or reads it and writes a new one (new tensor), so "numpy loop / floor" (printed as the most any
   implementation could reach) is the ceiling of each ratio on the machine at hand.
-- the new-tensor and in-place rows and the read floor again with the caches evicted before each call (`--evict-mb` written, untimed),
-  one batch per call: a training step runs the model between two batches, so SpecMask meets its code, its data and
-  the batch out of cache. Same numpy loop, same regime.
+- the new-tensor and in-place rows and the in-place floor again with the caches evicted before each call
+  (`--evict-mb` written, untimed), one batch per call: a training step runs the model between two batches, so
+  SpecMask meets its code, its data and the batch out of cache. Same numpy loop, same regime.
 
 What bounds the AudioSet rows (2-core machine this was written on): the copy floor is about a third of the numpy
 loop (ceiling ~3.4x for a new tensor), and reading the batch plus writing the masked fifth of it about a fifth
@@ -54,7 +54,8 @@ cache, the same for every row.
 On CUDA (`--device cuda`) the `SpecMask` rows run on the GPU and the script counts host synchronisations during one
 call with `torch.cuda.set_sync_debug_mode` (the placement runs on the host and its indices are copied once per batch).
 
-Usage: `python benchmarks/bench_specmask.py [--device cpu] [--threads 0] [--max-rounds 30] [--json out.json]`.
+Usage: `python benchmarks/bench_specmask.py [--device cpu] [--threads 0] [--evict-mb 64] [--max-rounds 30]
+[--json out.json]`.
 """
 
 from __future__ import annotations
