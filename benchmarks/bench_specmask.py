@@ -132,11 +132,18 @@ def bench_setting(name: str, setting: dict, args) -> dict:
         return run
 
     one = lambda function: threads(1, function)  # noqa: E731
+
+    def numpy_loop(batch_np, copy=True):
+        return one(lambda: [spec_mask_numpy(x, **kwargs, rng=rng, copy=copy) for x in batch_np])
+
+    def spec_mask(batch_tensor, inplace=False, num_threads=1):
+        return threads(num_threads, lambda: module(batch_tensor, generator=generator, inplace=inplace))
+
     functions = {
-        "numpy loop": one(lambda: [spec_mask_numpy(x, **kwargs, rng=rng) for x in data]),
-        "SpecMask": one(lambda: module(tensor, generator=generator)),
-        "numpy loop, in place": one(lambda: [spec_mask_numpy(x, **kwargs, rng=rng, copy=False) for x in scratch_np]),
-        "SpecMask, in place": one(lambda: module(scratch_t, generator=generator, inplace=True)),
+        "numpy loop": numpy_loop(data),
+        "SpecMask": spec_mask(tensor),
+        "numpy loop, in place": numpy_loop(scratch_np, copy=False),
+        "SpecMask, in place": spec_mask(scratch_t, inplace=True),
         "SpecMask placement only": one(lambda: module.sample_masks(batch, frames, mel, generator, device=args.device)),
     }
     ratios = {
@@ -146,10 +153,8 @@ def bench_setting(name: str, setting: dict, args) -> dict:
     }
     if args.threads > 1:  # SpecMask as the training scripts call it, with torch's threads
         many = f"{args.threads} threads"
-        functions[f"SpecMask ({many})"] = threads(args.threads, lambda: module(tensor, generator=generator))
-        functions[f"SpecMask, in place ({many})"] = threads(
-            args.threads, lambda: module(scratch_t, generator=generator, inplace=True)
-        )
+        functions[f"SpecMask ({many})"] = spec_mask(tensor, num_threads=args.threads)
+        functions[f"SpecMask, in place ({many})"] = spec_mask(scratch_t, inplace=True, num_threads=args.threads)
         ratios[f"new tensor, {many}"] = ("numpy loop", f"SpecMask ({many})")
         ratios[f"in place, {many}"] = ("numpy loop, in place", f"SpecMask, in place ({many})")
     if not args.device.startswith("cuda"):
@@ -187,17 +192,17 @@ def bench_setting(name: str, setting: dict, args) -> dict:
         evict_buffer = np.zeros(args.evict_mb * 2**20 // 4, np.float32)
 
         def evict():
-            evict_buffer.__iadd__(1.0)
+            np.add(evict_buffer, 1.0, out=evict_buffer)
 
-        cold = {name: (data.copy(), tensor.clone()) for name in ("new", "in place", "floors")}
+        # batches of their own, as for every row
+        cold_np, cold_t, cold_scratch_np, cold_scratch_t = data.copy(), tensor.clone(), data.copy(), tensor.clone()
+        cold_floor = tensor.clone()
         cold_functions = {
-            "numpy loop, cold": lambda: [spec_mask_numpy(x, **kwargs, rng=rng) for x in cold["new"][0]],
-            "SpecMask, cold": one(lambda: module(cold["new"][1], generator=generator)),
-            "numpy loop, in place, cold": lambda: [
-                spec_mask_numpy(x, **kwargs, rng=rng, copy=False) for x in cold["in place"][0]
-            ],
-            "SpecMask, in place, cold": one(lambda: module(cold["in place"][1], generator=generator, inplace=True)),
-            f"{IN_PLACE_FLOOR}, cold": one(lambda: read_and_write_budget(cold["floors"][1])),
+            "numpy loop, cold": numpy_loop(cold_np),
+            "SpecMask, cold": spec_mask(cold_t),
+            "numpy loop, in place, cold": numpy_loop(cold_scratch_np, copy=False),
+            "SpecMask, in place, cold": spec_mask(cold_scratch_t, inplace=True),
+            f"{IN_PLACE_FLOOR}, cold": one(lambda: read_and_write_budget(cold_floor)),
         }
         cold_rows = list(cold_functions)
         functions.update(cold_functions)

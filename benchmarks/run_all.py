@@ -548,7 +548,7 @@ def _rows_features(p: dict) -> list[tuple]:
     ]
 
 
-_SPECMASK_KINDS = {  # ratio key (before any ", N threads") -> (what, target)
+_SPECMASK_KINDS = {  # ratio key (before any ", N threads" / ", cold caches") -> (what, target)
     "new tensor": ("returning a new tensor", ">= 5x"),
     "in place": ("both in place (no copy of the batch)", ">= 5x"),
     "placement": ("mask placement only (no spectrogram), information", ""),

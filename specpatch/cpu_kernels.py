@@ -215,7 +215,8 @@ def empty_host_tensor(shape, dtype, device=None) -> torch.Tensor:
     """An uninitialised contiguous tensor; on the CPU backed by a numpy array. numpy asks the kernel for huge pages
     on large arrays (`madvise`), so a fresh batch-sized buffer (16 MB of features or spectrograms) costs a few
     page faults instead of one per 4 KB page, which cost several ms per batch whenever the memory was returned to
-    the system in between (torch's own CPU allocation). Any dtype (through an integer type of the same width)."""
+    the system in between (torch's own CPU allocation). Any dtype: those numpy lacks (bfloat16) through an integer
+    type of the same width."""
     if device is not None and torch.device(device).type != "cpu":
         return torch.empty(shape, dtype=dtype, device=device)
     np_type = _NUMPY_DTYPES.get(dtype)
@@ -269,8 +270,7 @@ if hasattr(os, "register_at_fork"):
 def thread_pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
     """The process's worker threads for CPU work split by hand (the kernels below, the feature extractor's chunks),
     kept between calls instead of started for every call. (On the 2-core test machine the difference for the
-    feature extractor was within the noise; the first call after a long single-threaded spell stays slower either
-    way.)"""
+    feature extractor was within the noise.)"""
     if _POOL[0] is None or _POOL[0]._max_workers < workers:
         _POOL[0] = concurrent.futures.ThreadPoolExecutor(max_workers=max(workers, os.cpu_count() or 1))
     return _POOL[0]

@@ -458,12 +458,12 @@ class SpecPatchFeatureExtractor(SequenceFeatureExtractor):
                 break
             stop = min(start + chunk, end)
             size = stop - start
-            windowed = fft_buffer[:size, :win]
             if fused:
                 windowed_frames(signal_np, start, hop, preemphasis, offsets_np, window_np, fft_buffer[:size].numpy())
             elif dc_offsets is None:
-                torch.mul(frames[start:stop], window, out=windowed)
+                torch.mul(frames[start:stop], window, out=fft_buffer[:size, :win])
             else:
+                windowed = fft_buffer[:size, :win]
                 # Kaldi's pre-emphasis x[i] - 0.97 x[i - 1], once on the chunk's samples rather than on each of the
                 # overlapping frames: a frame's first sample (which would read the previous frame's sample) is
                 # multiplied by the window's 0 and stays 0, so the frames of the pre-emphasised samples are exact.
